@@ -1,0 +1,256 @@
+"""Checkpoint families: how each one's files are laid out, read and written.
+
+| family    | on disk                                                        | names          |
+|-----------|----------------------------------------------------------------|----------------|
+| openai    | OpenAI's TorchScript `.pt` archive or a plain state_dict       | OpenAI         |
+| open_clip | `.pt`/`.bin`/`.safetensors` (optionally `module.`-prefixed), or | OpenAI         |
+|           | a folder with `open_clip_config.json` + `open_clip_model.*`     |                |
+| hf        | folder: `config.json` + `model.safetensors`/`pytorch_model.bin` | Hugging Face   |
+| degla     | `{"epoch", "name", "state_dict": {"module.…"}, "optimizer", …}` | OpenAI         |
+| flax      | folder: `vlalign_config.json` + orbax `params/`                 | ours           |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from vlalign_jax.converters import clip_hf, clip_openai
+from vlalign_jax.converters.table import check_arrays, expand, from_theirs, to_theirs
+from vlalign_jax.converters.torch_io import (CheckpointFormatError, TORCH_SUFFIXES, atomic_dir, is_torchscript,
+                                             load_safetensors, load_torch_object, save_state_dict,
+                                             tensors_to_numpy)
+from vlalign_jax.models.clip import ClipConfig, abstract_params
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("openai", "open_clip", "hf", "degla", "flax")
+DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+FLAX_CONFIG = "vlalign_config.json"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A model in neutral form: architecture, flat `{path: array}` params, and carried metadata."""
+
+    config: ClipConfig
+    params: dict[str, np.ndarray]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def nested_params(self) -> dict:
+        return traverse_util.unflatten_dict(self.params, sep="/")
+
+    def cast(self, dtype: Any) -> "Checkpoint":
+        return dataclasses.replace(self, params={k: v.astype(dtype) for k, v in self.params.items()})
+
+
+def param_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
+    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def detect_family(path: Path) -> str:
+    """Guess the family from a path's contents; the error names the families that exist."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / FLAX_CONFIG).exists():
+            return "flax"
+        if (path / OPEN_CLIP_CONFIG).exists() or any((path / w).exists() for w in OPEN_CLIP_WEIGHTS):
+            return "open_clip"
+        if (path / "config.json").exists():
+            return "hf"
+    elif path.is_file():
+        if is_torchscript(path):
+            return "openai"
+        if path.suffix == ".safetensors":
+            return "open_clip"
+        if path.suffix in TORCH_SUFFIXES:
+            obj = load_torch_object(path)
+            if isinstance(obj, Mapping) and "state_dict" in obj and "epoch" in obj:
+                return "degla"
+            return "open_clip"
+    elif not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    raise CheckpointFormatError(f"cannot tell which family {path} belongs to; pass one of {FAMILIES}")
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def _openai_names_to_checkpoint(state: Mapping[str, np.ndarray], act: str, source: str,
+                                meta: dict | None = None) -> Checkpoint:
+    state = clip_openai.strip_prefix(state)
+    for key in clip_openai.DERIVED_KEYS:
+        state.pop(key, None)
+    config = clip_openai.infer_config(state, act, source)
+    rules = expand(clip_openai.RULES, clip_openai.layer_counts(config))
+    return Checkpoint(config, from_theirs(state, rules, param_shapes(config), source), meta or {})
+
+
+def _torch_state(path: Path, obj: Any = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A state_dict from a torch file, unwrapping a training checkpoint's `state_dict` entry."""
+    obj = load_torch_object(path) if obj is None else obj
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    if "state_dict" in obj:
+        extras = {k: obj[k] for k in ("epoch", "name") if k in obj}
+        return tensors_to_numpy(obj["state_dict"], path), extras
+    return tensors_to_numpy(obj, path), {}
+
+
+def read_openai(path: Path, act: str | None) -> Checkpoint:
+    state, _ = _torch_state(path)
+    return _openai_names_to_checkpoint(state, act or "quick_gelu", str(path))
+
+
+def read_open_clip(path: Path, act: str | None) -> Checkpoint:
+    if path.is_dir():
+        weights = next((path / w for w in OPEN_CLIP_WEIGHTS if (path / w).exists()), None)
+        if weights is None:
+            raise CheckpointFormatError(f"{path} has none of {OPEN_CLIP_WEIGHTS}")
+        if act is None and (path / OPEN_CLIP_CONFIG).exists():
+            model_cfg = json.loads((path / OPEN_CLIP_CONFIG).read_text()).get("model_cfg", {})
+            act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+        path = weights
+    if act is None:
+        log.warning("%s does not record its activation; assuming open_clip's default GELU. "
+                    "Pass act='quick_gelu' (--act quick_gelu) for OpenAI-trained weights.", path)
+        act = "gelu"
+    state = load_safetensors(path) if path.suffix == ".safetensors" else _torch_state(path)[0]
+    return _openai_names_to_checkpoint(state, act, str(path))
+
+
+def read_degla(path: Path, act: str | None) -> Checkpoint:
+    obj = load_torch_object(path)
+    if not (isinstance(obj, Mapping) and "state_dict" in obj):
+        raise CheckpointFormatError(f"{path} is not a DeGLA checkpoint: expected a dict with a 'state_dict' entry")
+    state, extras = _torch_state(path, obj)
+    # DeGLA fine-tunes OpenAI's ViT-B/32, which uses QuickGELU.
+    return _openai_names_to_checkpoint(state, act or "quick_gelu", str(path), meta={"degla": extras})
+
+
+def read_hf(path: Path, act: str | None) -> Checkpoint:
+    if not (path / "config.json").exists():
+        raise CheckpointFormatError(f"{path}: a Hugging Face checkpoint is a folder with config.json")
+    config = clip_hf.config_from_json(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+    if act is not None and act != config.act:
+        raise ValueError(f"{path}/config.json says hidden_act={config.act!r}, but act={act!r} was requested")
+    state = _hf_weights(path)
+    for key in clip_hf.BUFFER_KEYS:
+        state.pop(key, None)
+    rules = expand(clip_hf.RULES, clip_openai.layer_counts(config))
+    return Checkpoint(config, from_theirs(state, rules, param_shapes(config), str(path)))
+
+
+def _hf_weights(path: Path) -> dict[str, np.ndarray]:
+    for index_name, reader in (("model.safetensors.index.json", load_safetensors),
+                               ("pytorch_model.bin.index.json", lambda p: _torch_state(p)[0])):
+        if (path / index_name).exists():
+            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in reader(path / shard).items()}
+    if (path / "model.safetensors").exists():
+        return load_safetensors(path / "model.safetensors")
+    if (path / "pytorch_model.bin").exists():
+        return _torch_state(path / "pytorch_model.bin")[0]
+    raise CheckpointFormatError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
+
+
+def read_flax(path: Path, act: str | None) -> Checkpoint:
+    import orbax.checkpoint as ocp
+
+    info = json.loads((path / FLAX_CONFIG).read_text())
+    config = ClipConfig.from_dict(info["config"])
+    restored = ocp.StandardCheckpointer().restore((path / "params").absolute())
+    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored, sep="/").items()}
+    check_arrays(flat, param_shapes(config), str(path))
+    return Checkpoint(config, flat, info.get("meta", {}))
+
+
+READERS: dict[str, Callable[[Path, str | None], Checkpoint]] = {
+    "openai": read_openai, "open_clip": read_open_clip, "hf": read_hf, "degla": read_degla, "flax": read_flax,
+}
+
+
+# ---- writing --------------------------------------------------------------------------------------
+
+def _openai_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    rules = expand(clip_openai.RULES, clip_openai.layer_counts(ckpt.config))
+    return to_theirs(ckpt.params, rules, param_shapes(ckpt.config), "params")
+
+
+def write_openai(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    _refuse_existing(path, overwrite)
+    save_state_dict(_openai_state(ckpt), path)
+
+
+def write_open_clip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    state = _openai_state(ckpt)
+    if path.suffix:
+        _refuse_existing(path, overwrite)
+        save_state_dict(state, path)
+        return
+    cfg = ckpt.config
+    model_cfg = {"embed_dim": cfg.embed_dim, "quick_gelu": cfg.act == "quick_gelu",
+                 "vision_cfg": {"image_size": cfg.vision.image_size, "patch_size": cfg.vision.patch_size,
+                                "width": cfg.vision.width, "layers": cfg.vision.layers,
+                                "mlp_ratio": cfg.vision.mlp_dim / cfg.vision.width,
+                                "head_width": cfg.vision.width // cfg.vision.heads},
+                 "text_cfg": {"context_length": cfg.text.context_length, "vocab_size": cfg.text.vocab_size,
+                              "width": cfg.text.width, "heads": cfg.text.heads, "layers": cfg.text.layers,
+                              "mlp_ratio": cfg.text.mlp_dim / cfg.text.width}}
+    with atomic_dir(path, overwrite) as tmp:
+        save_state_dict(state, tmp / OPEN_CLIP_WEIGHTS[0])
+        (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
+
+
+def write_degla(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    _refuse_existing(path, overwrite)
+    state = {f"module.{k}": v for k, v in _openai_state(ckpt).items()}
+    extras = {"epoch": 0, "name": "vlalign-jax-export", **ckpt.meta.get("degla", {})}
+    save_state_dict(state, path, extra=extras, nest_under="state_dict")
+
+
+def write_hf(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    rules = expand(clip_hf.RULES, clip_openai.layer_counts(ckpt.config))
+    state = to_theirs(ckpt.params, rules, param_shapes(ckpt.config), "params")
+    dtype_name = str(next(iter(state.values())).dtype)  # float32, bfloat16 or float16
+    with atomic_dir(path, overwrite) as tmp:
+        save_state_dict(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(clip_hf.config_to_json(ckpt.config, dtype_name), indent=2))
+
+
+def write_flax(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    import orbax.checkpoint as ocp
+
+    with atomic_dir(path, overwrite) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save((tmp / "params").absolute(), ckpt.nested_params())
+        checkpointer.wait_until_finished()
+        info = {"format": "vlalign-jax", "version": 1, "model": "clip", "config": ckpt.config.to_dict(),
+                "meta": ckpt.meta}
+        (tmp / FLAX_CONFIG).write_text(json.dumps(info, indent=2))
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+WRITERS: dict[str, Callable[[Checkpoint, Path, bool], None]] = {
+    "openai": write_openai, "open_clip": write_open_clip, "hf": write_hf, "degla": write_degla,
+    "flax": write_flax,
+}
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown checkpoint family {family!r}; families: {', '.join(FAMILIES)}")
+    return family

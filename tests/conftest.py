@@ -1,0 +1,14 @@
+"""Test-wide settings.
+
+Eight host CPU devices, so sharding and collective tests run on a CPU-only machine (this must happen
+before jax is imported), and fp32 matmuls at full precision so parity tolerances mean what they say.
+"""
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")

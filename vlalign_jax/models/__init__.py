@@ -1,0 +1,1 @@
+"""Flax linen modules: transformer blocks and the vision-language towers built from them."""

@@ -1,0 +1,126 @@
+"""Pre-LayerNorm transformer encoder blocks shared by the CLIP vision and text towers.
+
+Submodule names follow Hugging Face's CLIP (`self_attn/q_proj`, `layer_norm1`, `mlp/fc1`) so the
+converter tables stay renames plus transposes. Every parameter carries logical axis names
+(`embed`, `heads`, `mlp`) that the sharding rules map to mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# The OpenAI checkpoints were trained with QuickGELU; LAION-trained open_clip models with exact GELU.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+def dense(features: int, axes: tuple[str | None, str | None], name: str, dtype: Dtype,
+          param_dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+    """A Dense layer whose kernel and bias carry logical axis names for sharding."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+def layer_norm(eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    """LayerNorm with logically named scale and bias; statistics are computed in fp32 by flax."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v projections (HF layout)."""
+
+    num_heads: int
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # x: [batch, length, width]
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        proj = lambda name: dense(width, ("embed", "heads"), name, self.dtype, self.param_dtype)
+        split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)
+        q, k, v = (split(proj(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
+        # dot_product_attention scales by head_dim**-0.5, as CLIP does, and picks cuDNN on GPU.
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        out = out.reshape(*out.shape[:-2], width)
+        return dense(width, ("heads", "embed"), "out_proj", self.dtype, self.param_dtype)(out)
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward block: fc1 -> activation -> fc2."""
+
+    hidden_dim: int
+    act: str = "quick_gelu"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = dense(self.hidden_dim, ("embed", "mlp"), "fc1", self.dtype, self.param_dtype)(x)
+        h = ACTIVATIONS[self.act](h)
+        return dense(width, ("mlp", "embed"), "fc2", self.dtype, self.param_dtype)(h)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN residual block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    num_heads: int
+    mlp_dim: int
+    act: str = "quick_gelu"
+    causal: bool = False
+    layer_norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        ln = lambda name: layer_norm(self.layer_norm_eps, name, self.dtype, self.param_dtype)
+        x = x + SelfAttention(self.num_heads, self.causal, self.dtype, self.param_dtype,
+                              name="self_attn")(ln("layer_norm1")(x))
+        x = x + Mlp(self.mlp_dim, self.act, self.dtype, self.param_dtype, name="mlp")(ln("layer_norm2")(x))
+        return x
+
+
+class Encoder(nn.Module):
+    """A stack of `num_layers` encoder layers named `layers_0 ... layers_{n-1}`."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    act: str = "quick_gelu"
+    causal: bool = False
+    layer_norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            x = EncoderLayer(self.num_heads, self.mlp_dim, self.act, self.causal, self.layer_norm_eps,
+                             self.dtype, self.param_dtype, name=f"layers_{i}")(x)
+        return x
