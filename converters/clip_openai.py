@@ -63,6 +63,11 @@ RULES: list[Rule] = [
 ]
 
 
+def rules_for(config: ClipConfig) -> list[Rule]:
+    """The table for this architecture: open_clip's SigLIP-style models add `logit_bias`."""
+    return RULES + ([rule("logit_bias", "logit_bias")] if config.logit_bias_init is not None else [])
+
+
 def layer_counts(config: ClipConfig) -> dict[str, int]:
     return {"vision": config.vision.layers, "text": config.text.layers}
 
@@ -92,7 +97,9 @@ def infer_config(state: Mapping[str, np.ndarray], act: str, source: str) -> Clip
         vocab_size=state["token_embedding.weight"].shape[0], context_length=state["positional_embedding"].shape[0],
         width=text_width, layers=_count_layers(state, "transformer"), heads=max(text_width // 64, 1),
         mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], pool="argmax")
-    return ClipConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text, act=act)
+    bias = float(np.asarray(state["logit_bias"], np.float32)) if "logit_bias" in state else None
+    return ClipConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text, act=act,
+                      logit_bias_init=bias)
 
 
 def strip_prefix(state: Mapping[str, np.ndarray], prefix: str = "module.") -> dict[str, np.ndarray]:

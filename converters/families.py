@@ -91,7 +91,7 @@ def _openai_names_to_checkpoint(state: Mapping[str, np.ndarray], act: str, sourc
     for key in clip_openai.DERIVED_KEYS:
         state.pop(key, None)
     config = clip_openai.infer_config(state, act, source)
-    rules = expand(clip_openai.RULES, clip_openai.layer_counts(config))
+    rules = expand(clip_openai.rules_for(config), clip_openai.layer_counts(config))
     return Checkpoint(config, from_theirs(state, rules, param_shapes(config), source), meta or {})
 
 
@@ -182,7 +182,7 @@ READERS: dict[str, Callable[[Path, str | None], Checkpoint]] = {
 # ---- writing --------------------------------------------------------------------------------------
 
 def _openai_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
-    rules = expand(clip_openai.RULES, clip_openai.layer_counts(ckpt.config))
+    rules = expand(clip_openai.rules_for(ckpt.config), clip_openai.layer_counts(ckpt.config))
     return to_theirs(ckpt.params, rules, param_shapes(ckpt.config), "params")
 
 
@@ -219,6 +219,8 @@ def write_degla(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
 
 
 def write_hf(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    if ckpt.config.logit_bias_init is not None:
+        raise ValueError("Hugging Face CLIPModel has no logit_bias; write this model as open_clip or flax")
     rules = expand(clip_hf.RULES, clip_openai.layer_counts(ckpt.config))
     state = to_theirs(ckpt.params, rules, param_shapes(ckpt.config), "params")
     dtype_name = str(next(iter(state.values())).dtype)  # float32, bfloat16 or float16

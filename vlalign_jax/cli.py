@@ -41,11 +41,56 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train (or resume) a run from a config file",
+        description="Train a model from a Python config file. Any field can be overridden with "
+                    "--config.a.b=VALUE (Python literals; unknown fields are errors). Re-running the same "
+                    "command on the same workdir resumes from its newest checkpoint.",
+        epilog="example: vlalign train --config configs/demo/clip_shapes.py --workdir runs/demo "
+               "--config.train.steps=100")
+    p.add_argument("--config", required=True, help="config file defining get_config()")
+    p.add_argument("--workdir", required=True, help="run directory: config, checkpoints, metrics")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from vlalign_jax.train.config import build_config
+
+    config = build_config(args.config, args.overrides)  # config errors surface before heavy imports
+    from vlalign_jax.train.loop import train
+
+    metrics = train(config, args.workdir)
+    evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(evals.items()))
+    print(f"done: step {config.train.steps}, loss {metrics.get('loss', float('nan')):.4f}"
+          + (f", {summary}" if summary else ""))
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw PNG curves of a run's logged metrics",
+                       description="Read WORKDIR/metrics.jsonl and write one PNG per metric group.")
+    p.add_argument("workdir")
+    p.add_argument("--out", default=None, help="output folder (default WORKDIR/plots)")
+    p.set_defaults(run=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from vlalign_jax.eval.plots import plot_metrics
+
+    for path in plot_metrics(args.workdir, args.out):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlalign", description="Train, evaluate and convert vision-language "
                                      "alignment models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
     _add_convert(sub)
+    _add_plot(sub)
     return parser
 
 
@@ -53,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("jax", "absl"):  # backend probing and orbax's per-save chatter are noise to a user
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
+    from vlalign_jax.train.config import ConfigError, split_overrides
+
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"vlalign: error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(rest)
+    args.overrides = overrides
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:

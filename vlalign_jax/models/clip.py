@@ -61,6 +61,8 @@ class ClipConfig:
     act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     logit_scale_init: float = math.log(1 / 0.07)
+    # SigLIP-style training adds a learned logit bias; None means the model has no such parameter.
+    logit_bias_init: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +79,7 @@ class VisionTransformer(nn.Module):
     config: ClipConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:  # pixels: [batch, H, W, 3] -> [batch, width]
@@ -84,7 +87,7 @@ class VisionTransformer(nn.Module):
         x = VisionEmbeddings(vc, self.dtype, self.param_dtype, name="embeddings")(pixels)
         x = layer_norm(cfg.layer_norm_eps, "pre_layernorm", self.dtype, self.param_dtype)(x)
         x = Encoder(vc.layers, vc.heads, vc.mlp_dim, cfg.act, False, cfg.layer_norm_eps,
-                    self.dtype, self.param_dtype, name="encoder")(x)
+                    self.dtype, self.param_dtype, self.remat, name="encoder")(x)
         return layer_norm(cfg.layer_norm_eps, "post_layernorm", self.dtype, self.param_dtype)(x[:, 0])
 
 
@@ -124,6 +127,7 @@ class TextTransformer(nn.Module):
     config: ClipConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, token_ids: jax.Array) -> jax.Array:  # [batch, length] -> [batch, width]
@@ -140,7 +144,7 @@ class TextTransformer(nn.Module):
                          (tc.context_length, tc.width), self.param_dtype)
         x = tok(token_ids) + pos[:length].astype(self.dtype)
         x = Encoder(tc.layers, tc.heads, tc.mlp_dim, cfg.act, True, cfg.layer_norm_eps,
-                    self.dtype, self.param_dtype, name="encoder")(x)
+                    self.dtype, self.param_dtype, self.remat, name="encoder")(x)
         x = layer_norm(cfg.layer_norm_eps, "final_layer_norm", self.dtype, self.param_dtype)(x)
         return x[jnp.arange(x.shape[0]), pool_positions(token_ids, tc.pool, tc.eos_token_id)]
 
@@ -155,22 +159,29 @@ def pool_positions(token_ids: jax.Array, pool: str, eos_token_id: int) -> jax.Ar
 
 
 class CLIP(nn.Module):
-    """The dual encoder. `__call__` returns both L2-normalised embeddings and the logit scale."""
+    """The dual encoder. `__call__` returns both L2-normalised embeddings and the logit scale.
+
+    `remat` (none, full, save_dots) rematerialises the encoder layers of both towers.
+    """
 
     config: ClipConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     def setup(self) -> None:
         cfg = self.config
-        self.vision_model = VisionTransformer(cfg, self.dtype, self.param_dtype)
-        self.text_model = TextTransformer(cfg, self.dtype, self.param_dtype)
+        self.vision_model = VisionTransformer(cfg, self.dtype, self.param_dtype, self.remat)
+        self.text_model = TextTransformer(cfg, self.dtype, self.param_dtype, self.remat)
         self.visual_projection = dense(cfg.embed_dim, ("embed", None), "visual_projection", self.dtype,
                                        self.param_dtype, use_bias=False)
         self.text_projection = dense(cfg.embed_dim, ("embed", None), "text_projection", self.dtype,
                                      self.param_dtype, use_bias=False)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.logit_scale_init),
                                       (), self.param_dtype)
+        if cfg.logit_bias_init is not None:
+            self.logit_bias = self.param("logit_bias", nn.initializers.constant(cfg.logit_bias_init),
+                                         (), self.param_dtype)
 
     def encode_image(self, pixels: jax.Array) -> jax.Array:
         """[batch, H, W, 3] normalized pixels -> [batch, embed_dim] projected, unnormalized."""

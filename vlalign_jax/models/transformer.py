@@ -98,7 +98,7 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         ln = lambda name: layer_norm(self.layer_norm_eps, name, self.dtype, self.param_dtype)
         x = x + SelfAttention(self.num_heads, self.causal, self.dtype, self.param_dtype,
                               name="self_attn")(ln("layer_norm1")(x))
@@ -106,8 +106,19 @@ class EncoderLayer(nn.Module):
         return x
 
 
+# Rematerialisation policies by config name: what each layer keeps for the backward pass.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class Encoder(nn.Module):
-    """A stack of `num_layers` encoder layers named `layers_0 ... layers_{n-1}`."""
+    """A stack of `num_layers` encoder layers named `layers_0 ... layers_{n-1}`.
+
+    `remat` is `none`, `full` (recompute each layer in the backward pass) or `save_dots` (keep the
+    weight matmul outputs, recompute the rest); parameter names are the same in every case.
+    """
 
     num_layers: int
     num_heads: int
@@ -117,10 +128,14 @@ class Encoder(nn.Module):
     layer_norm_eps: float = 1e-5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.remat != "none" and self.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {self.remat!r}; expected none or one of {sorted(REMAT_POLICIES)}")
+        layer = EncoderLayer if self.remat == "none" else nn.remat(EncoderLayer, policy=REMAT_POLICIES[self.remat])
         for i in range(self.num_layers):
-            x = EncoderLayer(self.num_heads, self.mlp_dim, self.act, self.causal, self.layer_norm_eps,
+            x = layer(self.num_heads, self.mlp_dim, self.act, self.causal, self.layer_norm_eps,
                              self.dtype, self.param_dtype, name=f"layers_{i}")(x)
         return x

@@ -1,0 +1,1 @@
+"""Image and text data: preprocessing transforms and dataset sources."""

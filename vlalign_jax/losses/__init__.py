@@ -1,0 +1,1 @@
+"""Pure loss functions: arrays in, `(scalar loss, metrics dict)` out."""

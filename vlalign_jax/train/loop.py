@@ -1,0 +1,191 @@
+"""The training loop: one jitted, sharded step for any method, async checkpoints, exact resume.
+
+Re-running the same command on the same workdir resumes from the newest complete checkpoint; the
+train state, the data iterator position and the config are all in it, so the continuation is
+bit-identical to an uninterrupted run on the same mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import Mesh, NamedSharding
+
+from vlalign_jax.data.pipeline import to_global, train_iterator
+from vlalign_jax.methods import Method, make_method
+from vlalign_jax.parallel import distributed
+from vlalign_jax.parallel.mesh import make_mesh
+from vlalign_jax.parallel.rules import LOGICAL_AXIS_RULES, batch_sharding, replicated
+from vlalign_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from vlalign_jax.train.config import save_config
+from vlalign_jax.train.initialization import abstract_state, create_state, state_shardings
+from vlalign_jax.train.metrics import MetricsWriter
+from vlalign_jax.train.optim import learning_rate_schedule, make_optimizer
+from vlalign_jax.train.state import TrainState
+from vlalign_jax.train.step import make_train_step
+from vlalign_jax.train.throughput import Throughput
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or a gradient became NaN/inf; no checkpoint was written after it."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run is built from; tests and benchmarks use it without the loop."""
+
+    config: ml_collections.ConfigDict
+    method: Method
+    mesh: Mesh
+    optimizer: optax.GradientTransformation
+    abstract: TrainState
+    shardings: TrainState
+    data_sharding: NamedSharding
+    step_fn: Any  # jitted (state, batch) -> (state, metrics), state donated
+    schedule: optax.Schedule
+
+    def init_state(self) -> TrainState:
+        ema = bool(self.config.train.get("ema_decay", 0.0))
+        return create_state(self.method, self.optimizer, self.mesh, self.config.train.seed, ema)[0]
+
+    def iterator(self):
+        tc = self.config.train
+        source, preprocess = self.method.train_data()
+        return train_iterator(source, preprocess, tc.batch_size, self.config.data.get("seed", tc.seed),
+                              jax.process_index(), jax.process_count(), self.config.data.get("num_threads", 2))
+
+    def global_batch(self, local_batch: dict) -> dict:
+        return to_global(local_batch, self.data_sharding, self.method.batch_fields)
+
+    def context(self):
+        """The mesh and logical-axis rules that tracing the model needs."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+        return stack
+
+
+def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None,
+              method: Method | None = None) -> Run:
+    """Build the method, mesh, optimizer, state shardings and the jitted step from a config."""
+    method = method or make_method(config)
+    mesh = make_mesh(config.mesh.to_dict(), devices)
+    tc = config.train
+    ema = bool(tc.get("ema_decay", 0.0))
+    probe, _ = abstract_state(method, optax.identity(), tc.seed, ema=False)
+    optimizer = make_optimizer(config.optim, tc.steps, probe.params)
+    abstract, boxed = abstract_state(method, optimizer, tc.seed, ema)
+    shardings = state_shardings(abstract, boxed, optimizer, mesh)
+    schedule = learning_rate_schedule(config.optim.lr, config.optim.warmup_steps, tc.steps,
+                                      config.optim.get("final_lr_fraction", 0.0))
+    step_fn = make_train_step(method, optimizer, tc.get("accum_steps", 1), tc.get("ema_decay", 0.0),
+                              tc.get("skip_nonfinite", False), schedule)
+    data_sharding = batch_sharding(mesh)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, {k: data_sharding for k in method.batch_fields}),
+                     out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    return Run(config, method, mesh, optimizer, abstract, shardings, data_sharding, jitted, schedule)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method | None = None
+          ) -> dict[str, float]:
+    """Train to `config.train.steps`, resuming from `workdir` if it holds checkpoints; returns the
+    last logged metrics (including evaluations)."""
+    distributed.initialize(config.get("distributed", ml_collections.ConfigDict()))
+    workdir = Path(workdir)
+    primary = jax.process_index() == 0
+    if primary:
+        save_config(config, workdir)
+    run = setup_run(config, method=method)
+    tc = config.train
+    iterator = run.iterator()
+    checkpointer = Checkpointer(workdir, tc.get("keep_checkpoints", 3), tc.get("async_checkpoints", True))
+    start = checkpointer.latest_step()
+    if start is None:
+        state, start = run.init_state(), 0
+    else:
+        log.info("resuming from %s at step %d", checkpointer.directory, start)
+        state = checkpointer.restore(start, abstract_with_shardings(run.abstract, run.shardings), iterator)
+
+    writer = MetricsWriter(workdir, jax.process_index())
+    meter = Throughput(tc.batch_size, device_kind=jax.devices()[0].device_kind)
+    bar = tqdm.tqdm(total=tc.steps, initial=start, disable=not (primary and tc.get("progress_bar", True)),
+                    desc="train", dynamic_ncols=True)
+    last: dict[str, float] = {}
+    pending = None  # (step, metrics) of the previous step, read one step late so devices stay busy
+    config_dict = config.to_dict()
+    try:
+        with run.context():
+            for step in range(start + 1, tc.steps + 1):
+                batch = run.global_batch(next(iterator))
+                if meter.flops_per_step is None:
+                    meter.flops_per_step = _flops(run.step_fn, state, batch)
+                state, metrics = run.step_fn(state, batch)
+                if pending is not None:
+                    last = _log(pending, tc, writer, bar, meter, last)
+                pending = (step, metrics)
+                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                    last = _log(pending, tc, writer, bar, meter, last, force=True)  # never save a NaN state
+                    pending = None
+                    checkpointer.save(step, state, iterator, config_dict)
+                if tc.get("eval_every") and (step % tc.eval_every == 0 or step == tc.steps):
+                    last = {**last, **_evaluate(run.method, state, writer, step)}
+            if pending is not None:
+                last = _log(pending, tc, writer, bar, meter, last, force=True)
+    finally:
+        # A save already started holds a good state: let it finish whatever stopped the loop.
+        checkpointer.wait()
+        checkpointer.close()
+        bar.close()
+        writer.close()
+    return last
+
+
+def _flops(jitted, state, batch) -> float | None:
+    try:
+        cost = jitted.lower(state, batch).compile().cost_analysis()
+    except Exception as e:  # cost analysis is optional on some backends; MFU is then not reported
+        log.info("no FLOP count for this backend (%s); MFU will not be reported", e)
+        return 0.0
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _log(pending, tc, writer, bar, meter, last, force: bool = False) -> dict[str, float]:
+    step, metrics = pending
+    values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    if values.get("nonfinite") and not tc.get("skip_nonfinite", False):
+        raise NonFiniteLossError(f"loss or gradients became non-finite at step {step} (loss={values['loss']}); "
+                                 "the last checkpoint is kept. Set train.skip_nonfinite=True to skip such "
+                                 "updates instead")
+    meter.tick(step)
+    bar.update(step - bar.n)
+    if force or step % tc.get("log_every", 10) == 0:
+        values.update(meter.summary())
+        writer.write_scalars(step, values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", **({"ex/s": f"{values['examples_per_sec']:.0f}"}
+                                                        if "examples_per_sec" in values else {}))
+        return values
+    return last
+
+
+def _evaluate(method, state, writer, step) -> dict[str, float]:
+    results = {}
+    for name, evaluator in method.evaluators.items():
+        for key, value in evaluator(state.params, state.extras).items():
+            results[f"eval/{name}/{key}"] = float(value)
+    if results:
+        writer.write_scalars(step, results)
+        log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
+    return results

@@ -1,0 +1,76 @@
+"""The optax chain: AdamW with masked weight decay, warmup + cosine, global-norm clipping,
+per-module learning-rate multipliers and freezing by parameter-path patterns.
+
+Paths are slash-joined (`vision_model/encoder/layers_3/mlp/fc1/kernel`); patterns are regular
+expressions matched with `re.fullmatch`, first match wins.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import jax
+import optax
+
+FROZEN = "frozen"
+
+
+def path_str(path: tuple) -> str:
+    """A tree path as `a/b/c`, the form every pattern in the config is written against."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def decays(path: str, ndim: int) -> bool:
+    """Weight decay on matrices only: not biases, norms, position/class embeddings or scalars."""
+    return ndim >= 2 and "position_embedding" not in path
+
+
+def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int,
+                           final_lr_fraction: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 to `lr`, then cosine decay to `lr * final_lr_fraction` at `total_steps`."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+    cosine = optax.cosine_decay_schedule(lr, decay_steps, alpha=final_lr_fraction)
+    if warmup_steps <= 0:
+        return cosine
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), cosine], [warmup_steps])
+
+
+def param_labels(params: Any, lr_multipliers: Mapping[str, float], freeze: Sequence[str]) -> Any:
+    """Label each leaf `frozen` or `lr_x<multiplier>` from the first matching pattern (default x1)."""
+
+    def label(path: tuple, _leaf: Any) -> str:
+        name = path_str(path)
+        if any(re.fullmatch(p, name) for p in freeze):
+            return FROZEN
+        for pattern, multiplier in lr_multipliers.items():
+            if re.fullmatch(pattern, name):
+                return f"lr_x{float(multiplier)}"
+        return "lr_x1.0"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(optim: Mapping[str, Any], total_steps: int, params: Any) -> optax.GradientTransformation:
+    """Build the chain from `config.optim` (lr, warmup_steps, weight_decay, b1, b2, eps, max_grad_norm,
+    final_lr_fraction, lr_multipliers, freeze)."""
+    labels = param_labels(params, dict(optim.get("lr_multipliers", {})), tuple(optim.get("freeze", ())))
+    schedule = learning_rate_schedule(optim["lr"], optim["warmup_steps"], total_steps,
+                                      optim.get("final_lr_fraction", 0.0))
+    decay_mask = lambda p: jax.tree_util.tree_map_with_path(lambda path, x: decays(path_str(path), x.ndim), p)
+
+    def group(multiplier: float) -> optax.GradientTransformation:
+        return optax.chain(
+            optax.scale_by_adam(optim.get("b1", 0.9), optim.get("b2", 0.98), optim.get("eps", 1e-6)),
+            optax.add_decayed_weights(optim["weight_decay"], mask=decay_mask),
+            optax.scale_by_learning_rate(lambda step: schedule(step) * multiplier),
+        )
+
+    groups = {name: group(float(name[len("lr_x"):])) for name in set(jax.tree.leaves(labels)) if name != FROZEN}
+    groups[FROZEN] = optax.set_to_zero()
+    frozen_mask = jax.tree.map(lambda name: name == FROZEN, labels)
+    steps = [optax.masked(optax.set_to_zero(), frozen_mask)]  # frozen grads do not count in the norm
+    if optim.get("max_grad_norm"):
+        steps.append(optax.clip_by_global_norm(optim["max_grad_norm"]))
+    steps.append(optax.multi_transform(groups, labels))
+    return optax.chain(*steps)
