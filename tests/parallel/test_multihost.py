@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_MODEL = ("{'vision': {'image_size': 24, 'patch_size': 8, 'width': 32, 'layers': 1, 'heads': 2, "
+SMALL_MODEL = ("{'vision': {'image_size': 32, 'patch_size': 16, 'width': 32, 'layers': 1, 'heads': 2, "
                "'mlp_dim': 64}, 'text': {'context_length': 24, 'width': 32, 'layers': 1, 'heads': 2, "
                "'mlp_dim': 64}, 'embed_dim': 16}")
 OVERRIDES = [f"--config.model.overrides={SMALL_MODEL}", "--config.train.steps=3", "--config.train.batch_size=32", "--config.train.log_every=1",

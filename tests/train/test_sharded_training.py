@@ -86,7 +86,9 @@ def test_gradient_accumulation_matches_the_full_batch():
     loss1, full = _grads(small_config(), 1)
     loss4, accumulated = _grads(small_config(), 4)
     assert abs(loss1 - loss4) < 1e-5
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), accumulated, full)
+    # 1e-5, absolute for small entries and relative for large ones: the micro-batches add the same
+    # terms in another order, and fp32 sums of ~3.0 differ in the sixth digit.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), accumulated, full)
     # the logit scale gets the gradient once, not once per micro-batch
     np.testing.assert_allclose(accumulated["logit_scale"], full["logit_scale"], atol=1e-6)
 

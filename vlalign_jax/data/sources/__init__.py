@@ -1,0 +1,1 @@
+"""Data sources: one module per on-disk format, plus the built-in synthetic dataset."""

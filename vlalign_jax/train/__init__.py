@@ -1,0 +1,1 @@
+"""Training: train state, optimiser, sharded step, checkpoints, the loop and its metrics."""
