@@ -105,3 +105,12 @@ def test_bf16_compute_keeps_fp32_state(mesh_runs):
     run, state, losses = _train(small_config(**{"model.dtype": "bfloat16"}), 1, steps=2, initial=initial)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert all(np.isfinite(losses))
+
+
+def test_ring_sigmoid_loss_trains_like_the_dense_one():
+    sizes = {"data": 2, "fsdp": 4}
+    runs = [_train(small_config(**{"loss": loss, **_mesh_overrides(sizes)}), 8, steps=2)
+            for loss in ("sigmoid", "sigmoid_chunked")]
+    np.testing.assert_allclose(runs[1][2], runs[0][2], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 jax.device_get(runs[1][1].params), jax.device_get(runs[0][1].params))

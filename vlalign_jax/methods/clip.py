@@ -1,8 +1,10 @@
 """CLIP (Radford et al. 2021): image-text contrastive training of the dual encoder.
 
 `config.model.name` picks an architecture from `models/clip_configs.py`; `config.model.overrides`
-changes any of its fields (the text vocabulary always follows the tokenizer). `config.loss` is `softmax` (InfoNCE) or `sigmoid` (SigLIP, which adds a
-learned logit bias to the model).
+changes any of its fields (the text vocabulary always follows the tokenizer). `config.loss` is
+`softmax` (InfoNCE), `sigmoid` (SigLIP, dense over the global batch) or `sigmoid_chunked` (the same
+loss computed as a ring over the mesh's batch axes, O(b^2) memory per device); both sigmoid losses
+add a learned logit bias to the model.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import numpy as np
 from vlalign_jax.data.image_text import image_text_data
 from vlalign_jax.data.pipeline import eval_batches
 from vlalign_jax.eval.retrieval import retrieval_recall
-from vlalign_jax.losses.contrastive import sigmoid_contrastive_loss, softmax_contrastive_loss
+from vlalign_jax.losses.contrastive import (chunked_sigmoid_contrastive_loss, sigmoid_contrastive_loss,
+                                            softmax_contrastive_loss)
+from vlalign_jax.parallel.rules import BATCH_AXES
 from vlalign_jax.methods.method import Method
 from vlalign_jax.models.clip import CLIP, ClipConfig, TextConfig, VisionConfig
 from vlalign_jax.models.clip_configs import get_clip_config
 
 MAX_LOGIT_SCALE = math.log(100.0)  # OpenAI clamps the temperature at 100
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LOSSES = ("softmax", "sigmoid", "sigmoid_chunked")
 
 
 def model_config(config: ml_collections.ConfigDict) -> ClipConfig:
@@ -38,19 +43,19 @@ def model_config(config: ml_collections.ConfigDict) -> ClipConfig:
 
 def make(config: ml_collections.ConfigDict) -> Method:
     loss_name = config.get("loss", "softmax")
-    if loss_name not in ("softmax", "sigmoid"):
-        raise ValueError(f"config.loss must be 'softmax' or 'sigmoid', got {loss_name!r}")
+    if loss_name not in LOSSES:
+        raise ValueError(f"config.loss must be one of {LOSSES}, got {loss_name!r}")
     mc = model_config(config)
     data = image_text_data(config.data, mc.vision.image_size, mc.text.context_length)
     # The text tower's vocabulary is the tokenizer's (the synthetic word vocabulary is tiny).
     mc = dataclasses.replace(mc, text=dataclasses.replace(mc.text, vocab_size=data.vocab_size))
-    if loss_name == "sigmoid" and mc.logit_bias_init is None:
+    if loss_name != "softmax" and mc.logit_bias_init is None:
         # SigLIP's initialisation: temperature 10, bias -10 (Zhai et al. 2023, section 3.2).
         mc = dataclasses.replace(mc, logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
     model = CLIP(mc, dtype=DTYPES[config.model.get("dtype", "float32")], remat=config.model.get("remat", "none"))
     loss_name = config.get("loss", "softmax")
-    if loss_name not in ("softmax", "sigmoid"):
-        raise ValueError(f"config.loss must be 'softmax' or 'sigmoid', got {loss_name!r}")
+    if loss_name not in LOSSES:
+        raise ValueError(f"config.loss must be one of {LOSSES}, got {loss_name!r}")
 
     def init_variables(rng):
         pixels = jnp.zeros((1, mc.vision.image_size, mc.vision.image_size, 3), jnp.float32)
@@ -64,8 +69,13 @@ def make(config: ml_collections.ConfigDict) -> Method:
     def loss(params, extras, features, rng):
         if loss_name == "softmax":
             return softmax_contrastive_loss(features["image"], features["text"], params["logit_scale"])
-        return sigmoid_contrastive_loss(features["image"], features["text"], params["logit_scale"],
-                                        params["logit_bias"])
+        if loss_name == "sigmoid":
+            return sigmoid_contrastive_loss(features["image"], features["text"], params["logit_scale"],
+                                            params["logit_bias"])
+        # The ring runs over the batch axes of the mesh the step is traced under (Run.context()).
+        return chunked_sigmoid_contrastive_loss(features["image"], features["text"], params["logit_scale"],
+                                                params["logit_bias"], jax.sharding.get_abstract_mesh(),
+                                                BATCH_AXES)
 
     def constrain_params(params):
         return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
