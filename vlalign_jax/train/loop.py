@@ -84,8 +84,9 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     mesh = make_mesh(config.mesh.to_dict(), devices)
     tc = config.train
     ema = bool(tc.get("ema_decay", 0.0))
-    probe, _ = abstract_state(method, optax.identity(), tc.seed, ema=False)
-    optimizer = make_optimizer(config.optim, tc.steps, probe.params)
+    # The optimizer's parameter groups need only the tree's paths and shapes.
+    param_shapes = nn.meta.unbox(jax.eval_shape(method.init_variables, jax.random.PRNGKey(tc.seed))["params"])
+    optimizer = make_optimizer(config.optim, tc.steps, param_shapes)
     abstract, boxed = abstract_state(method, optimizer, tc.seed, ema)
     shardings = state_shardings(abstract, boxed, optimizer, mesh)
     schedule = learning_rate_schedule(config.optim.lr, config.optim.warmup_steps, tc.steps,
