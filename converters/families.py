@@ -187,15 +187,13 @@ def _openai_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
 
 
 def write_openai(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
-    _refuse_existing(path, overwrite)
-    save_state_dict(_openai_state(ckpt), path)
+    save_state_dict(_openai_state(ckpt), path, overwrite=overwrite)
 
 
 def write_open_clip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
     state = _openai_state(ckpt)
     if path.suffix:
-        _refuse_existing(path, overwrite)
-        save_state_dict(state, path)
+        save_state_dict(state, path, overwrite=overwrite)
         return
     cfg = ckpt.config
     model_cfg = {"embed_dim": cfg.embed_dim, "quick_gelu": cfg.act == "quick_gelu",
@@ -212,10 +210,9 @@ def write_open_clip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
 
 
 def write_degla(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
-    _refuse_existing(path, overwrite)
     state = {f"module.{k}": v for k, v in _openai_state(ckpt).items()}
     extras = {"epoch": 0, "name": "vlalign-jax-export", **ckpt.meta.get("degla", {})}
-    save_state_dict(state, path, extra=extras, nest_under="state_dict")
+    save_state_dict(state, path, extra=extras, nest_under="state_dict", overwrite=overwrite)
 
 
 def write_hf(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
@@ -239,11 +236,6 @@ def write_flax(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
         info = {"format": "vlalign-jax", "version": 1, "model": "clip", "config": ckpt.config.to_dict(),
                 "meta": ckpt.meta}
         (tmp / FLAX_CONFIG).write_text(json.dumps(info, indent=2))
-
-
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
 
 
 WRITERS: dict[str, Callable[[Checkpoint, Path, bool], None]] = {

@@ -97,13 +97,14 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def save_state_dict(state: Mapping[str, np.ndarray], path: Path, metadata: Mapping[str, str] | None = None,
-                    extra: Mapping[str, Any] | None = None, nest_under: str | None = None) -> None:
+                    extra: Mapping[str, Any] | None = None, nest_under: str | None = None,
+                    overwrite: bool = True) -> None:
     """Write a state_dict to `.safetensors` or a torch pickle, atomically.
 
     `nest_under` puts the tensors under that key of a dict that also holds `extra` (training-checkpoint
     layouts such as `{"epoch": ..., "state_dict": {...}}`); safetensors files cannot hold extras.
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         if path.suffix == ".safetensors":
             if extra or nest_under:
                 raise ValueError(f"{path}: safetensors files hold tensors only; use a .pt destination")
@@ -134,7 +135,7 @@ def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists")
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

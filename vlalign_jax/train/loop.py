@@ -7,9 +7,9 @@ bit-identical to an uninterrupted run on the same mesh.
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +30,7 @@ from vlalign_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from vlalign_jax.train.config import save_config
 from vlalign_jax.train.initialization import abstract_state, create_state, state_shardings
 from vlalign_jax.train.metrics import MetricsWriter
-from vlalign_jax.train.optim import learning_rate_schedule, make_optimizer
+from vlalign_jax.train.optim import make_optimizer, schedule_from_config
 from vlalign_jax.train.state import TrainState
 from vlalign_jax.train.step import make_train_step
 from vlalign_jax.train.throughput import Throughput
@@ -89,8 +89,7 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     optimizer = make_optimizer(config.optim, tc.steps, param_shapes)
     abstract, boxed = abstract_state(method, optimizer, tc.seed, ema)
     shardings = state_shardings(abstract, boxed, optimizer, mesh)
-    schedule = learning_rate_schedule(config.optim.lr, config.optim.warmup_steps, tc.steps,
-                                      config.optim.get("final_lr_fraction", 0.0))
+    schedule = schedule_from_config(config.optim, tc.steps)
     step_fn = make_train_step(method, optimizer, tc.get("accum_steps", 1), tc.get("ema_decay", 0.0),
                               tc.get("skip_nonfinite", False), schedule)
     data_sharding = batch_sharding(mesh)

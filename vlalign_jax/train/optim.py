@@ -36,6 +36,12 @@ def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int,
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), cosine], [warmup_steps])
 
 
+def schedule_from_config(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+    """The learning-rate schedule `config.optim` describes (the optimizer and the logged lr share it)."""
+    return learning_rate_schedule(optim["lr"], optim["warmup_steps"], total_steps,
+                                  optim.get("final_lr_fraction", 0.0))
+
+
 def param_labels(params: Any, lr_multipliers: Mapping[str, float], freeze: Sequence[str]) -> Any:
     """Label each leaf `frozen` or `lr_x<multiplier>` from the first matching pattern (default x1)."""
 
@@ -55,8 +61,7 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int, params: Any) -> o
     """Build the chain from `config.optim` (lr, warmup_steps, weight_decay, b1, b2, eps, max_grad_norm,
     final_lr_fraction, lr_multipliers, freeze)."""
     labels = param_labels(params, dict(optim.get("lr_multipliers", {})), tuple(optim.get("freeze", ())))
-    schedule = learning_rate_schedule(optim["lr"], optim["warmup_steps"], total_steps,
-                                      optim.get("final_lr_fraction", 0.0))
+    schedule = schedule_from_config(optim, total_steps)
     decay_mask = lambda p: jax.tree_util.tree_map_with_path(lambda path, x: decays(path_str(path), x.ndim), p)
 
     def group(multiplier: float) -> optax.GradientTransformation:
