@@ -26,7 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_heldout = 512
     config.data.max_objects = 2
     config.data.seed = 0
-    config.data.num_threads = 2
+    config.data.num_threads = 2  # reader threads per process (or per worker)
+    config.data.num_workers = 0  # grain worker processes for read + preprocess; 0 = in process
+    config.data.on_error = "raise"  # or "skip": drop bad records, count them in data/records_skipped
+    config.data.max_skip_fraction = 0.01  # with "skip": stop once more records than this are bad
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 400

@@ -1,29 +1,58 @@
-"""The grain training pipeline: per-process slices compose the global batch, and resume is exact."""
+"""The grain training pipeline: per-process slices compose the global batch, per-epoch random
+preprocessing, worker processes, bad records raised or skipped and counted, and exact resume."""
 
 import numpy as np
+import pytest
 
-from vlalign_jax.data.pipeline import train_iterator
+from vlalign_jax.data.pipeline import eval_batches, train_iterator
+from vlalign_jax.data.records import RecordError, RecordErrors
 from vlalign_jax.data.word_tokenizer import WordTokenizer
 
 
 class Numbers:
+    def __init__(self, n=37, bad=()):
+        self.n, self.bad = n, set(bad)
+
     def __len__(self):
-        return 37
+        return self.n
+
+    def describe(self, i):
+        return f"numbers.txt line {i + 1}"
 
     def __getitem__(self, i):
+        if i in self.bad:
+            raise OSError("truncated")
         return {"x": np.int64(i)}
 
 
-def identity(example):
+def identity(example, rng):
     return example
 
 
+def with_draw(example, rng):
+    return {**example, "draw": rng.integers(0, 2**31)}
+
+
 def test_processes_split_each_global_batch():
-    single = train_iterator(Numbers(), identity, 8, seed=3)
-    halves = [train_iterator(Numbers(), identity, 8, seed=3, process_index=p, process_count=2) for p in (0, 1)]
+    single = train_iterator(Numbers(), with_draw, 8, seed=3)
+    halves = [train_iterator(Numbers(), with_draw, 8, seed=3, process_index=p, process_count=2) for p in (0, 1)]
     for _ in range(10):  # crosses epoch boundaries (37 examples)
-        whole = next(single)["x"]
-        np.testing.assert_array_equal(np.concatenate([next(h)["x"] for h in halves]), whole)
+        whole = next(single)
+        parts = [next(h) for h in halves]
+        # The same examples with the same random draws, whichever process reads them.
+        pairs = sorted(zip(np.concatenate([p["x"] for p in parts]), np.concatenate([p["draw"] for p in parts])))
+        assert pairs == sorted(zip(whole["x"], whole["draw"]))
+
+
+def test_random_preprocessing_differs_per_epoch_and_replays_with_the_seed():
+    draws = {}
+    it = train_iterator(Numbers(), with_draw, 37, seed=0)
+    for epoch in range(2):
+        batch = next(it)
+        draws[epoch] = dict(zip(batch["x"], batch["draw"]))
+    assert all(draws[0][i] != draws[1][i] for i in range(37))
+    again = next(train_iterator(Numbers(), with_draw, 37, seed=0))
+    assert dict(zip(again["x"], again["draw"])) == draws[0]
 
 
 def test_each_epoch_is_a_new_permutation_of_all_examples():
@@ -57,3 +86,58 @@ def test_word_tokenizer_follows_clip_conventions():
         assert "'blue'" in str(e)
     else:
         raise AssertionError("unknown word accepted")
+
+
+def test_bad_record_raises_naming_file_and_line():
+    it = train_iterator(Numbers(bad={5}), identity, 37, seed=0)
+    with pytest.raises(RecordError, match=r"numbers.txt line 6: OSError: truncated"):
+        next(it)
+
+
+def test_skipped_records_are_counted_and_never_batched():
+    errors = RecordErrors("skip", max_skip_fraction=0.5)
+    it = train_iterator(Numbers(bad={3, 4, 20}), identity, 17, seed=0, errors=errors)
+    batches = [next(it)["x"] for _ in range(4)]  # 68 good examples: just under two epochs of 34
+    for batch in batches:
+        assert not {3, 4, 20} & set(batch.tolist())
+    assert sorted(np.concatenate(batches[:2]).tolist()) == sorted(set(range(37)) - {3, 4, 20})
+    metrics = errors.metrics()
+    assert metrics["data/records_skipped"] >= 3 and metrics["data/records_seen"] >= 68 + 3
+
+
+def test_mostly_bad_data_stops_the_run():
+    errors = RecordErrors("skip", max_skip_fraction=0.05)
+    it = train_iterator(Numbers(200, bad=range(0, 200, 5)), identity, 100, seed=0, errors=errors)
+    next(it)
+    with pytest.raises(RecordError, match=r"records were bad, more than data.max_skip_fraction=0.05"):
+        errors.check()
+
+
+def test_eval_batches_keep_order_and_raise_on_bad_records():
+    batches = eval_batches(Numbers(10), lambda e: e, 4)
+    assert [b["x"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(RecordError, match="numbers.txt line 3"):
+        eval_batches(Numbers(10, bad={2}), lambda e: e, 4)
+
+
+def test_worker_processes_give_the_same_batches_and_resume_exactly():
+    in_process = train_iterator(Numbers(), with_draw, 8, seed=5)
+    workers = train_iterator(Numbers(), with_draw, 8, seed=5, num_workers=2)
+    try:
+        for _ in range(3):
+            a, b = next(in_process), next(workers)
+            np.testing.assert_array_equal(a["x"], b["x"])
+            np.testing.assert_array_equal(a["draw"], b["draw"])
+        state = workers.get_state()
+        expected = [next(in_process) for _ in range(4)]
+    finally:
+        workers.close()
+    resumed = train_iterator(Numbers(), with_draw, 8, seed=5, num_workers=2)
+    try:
+        resumed.set_state(state)
+        for want in expected:
+            got = next(resumed)
+            np.testing.assert_array_equal(got["x"], want["x"])
+            np.testing.assert_array_equal(got["draw"], want["draw"])
+    finally:
+        resumed.close()

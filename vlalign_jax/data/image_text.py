@@ -1,6 +1,12 @@
 """Image-caption data for contrastive training: which source, which tokenizer, which preprocessing.
 
-`config.data.name` selects the source (`synthetic_shapes` is built in and needs no download);
+`config.data.name` selects the source:
+- `synthetic_shapes`: built in, no download; images are already model-sized, so no augmentation.
+- `csv`: open_clip's CSV/TSV tables (`data.train_path`, `data.heldout_path`, `data.image_root`,
+  `data.csv_image_key`, `data.csv_caption_key`, `data.csv_separator`).
+- `webdataset`: local tar shards (`data.train_shards`, `data.heldout_shards`, brace expansion).
+For the on-disk formats, training uses open_clip's RandomResizedCrop(scale=(0.9, 1)) transform with a
+per-example rng from the pipeline, evaluation its resize + centre crop.
 `config.data.tokenizer` is `words` (the synthetic dataset's closed vocabulary) or `clip` (BPE).
 Preprocessing yields `pixels` float32 [H, W, 3] normalised with CLIP's mean/std and `tokens` int32.
 """
@@ -13,26 +19,48 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from vlalign_jax.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from vlalign_jax.data.records import RecordError
+from vlalign_jax.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipEvalTransform, ClipTrainTransform
 
 _MEAN = np.asarray(OPENAI_CLIP_MEAN, np.float32) * 255.0
 _STD = np.asarray(OPENAI_CLIP_STD, np.float32) * 255.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageTextData:
-    train: Any
-    heldout: Any
-    tokenizer: Callable[[list[str]], np.ndarray]
-    vocab_size: int
-
-    def preprocess(self, example: dict) -> dict:
-        return {"pixels": normalize_uint8(example["image"]), "tokens": self.tokenizer([example["caption"]])[0]}
+SOURCES = ("synthetic_shapes", "csv", "webdataset")
 
 
 def normalize_uint8(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 normalised exactly like ToTensor + Normalize(CLIP mean, std)."""
-    return ((image.astype(np.float32) - _MEAN) / _STD).astype(np.float32)
+    return ((np.asarray(image).astype(np.float32) - _MEAN) / _STD).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unaugmented:
+    """Model-sized uint8 images (the synthetic set): normalise only, train and eval alike."""
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return normalize_uint8(image)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTextData:
+    """Train and held-out sources (`heldout` may be None) with their preprocessing."""
+
+    train: Any
+    heldout: Any
+    tokenizer: Callable[[list[str]], np.ndarray]
+    vocab_size: int
+    train_image: Callable[[Any, np.random.Generator], np.ndarray]
+    eval_image: Callable[[Any], np.ndarray]
+
+    def train_preprocess(self, example: dict, rng: np.random.Generator) -> dict:
+        return {"pixels": self.train_image(example["image"], rng), "tokens": self.tokens(example["caption"])}
+
+    def eval_preprocess(self, example: dict) -> dict:
+        return {"pixels": self.eval_image(example["image"]), "tokens": self.tokens(example["caption"])}
+
+    def tokens(self, caption: str) -> np.ndarray:
+        if not caption or not caption.strip():
+            raise RecordError("empty caption")
+        return self.tokenizer([caption])[0]
 
 
 def make_tokenizer(data: ml_collections.ConfigDict, context_length: int, vocabulary: list[str] | None):
@@ -49,15 +77,45 @@ def make_tokenizer(data: ml_collections.ConfigDict, context_length: int, vocabul
     raise ValueError(f"unknown data.tokenizer {data.tokenizer!r}; expected 'words' or 'clip'")
 
 
-def image_text_data(data: ml_collections.ConfigDict, image_size: int, context_length: int) -> ImageTextData:
-    """Build the train and held-out sources named by `config.data`."""
-    if data.name != "synthetic_shapes":
-        raise ValueError(f"unknown data.name {data.name!r}; available: synthetic_shapes")
+def _synthetic(data: ml_collections.ConfigDict, image_size: int) -> tuple[Any, Any, list[str] | None]:
     from vlalign_jax.data.sources.synthetic import SyntheticShapes, SyntheticShapesConfig
 
     shapes = SyntheticShapesConfig(image_size=image_size, max_objects=data.get("max_objects", 3))
     fields = ("image", "caption")
     train = SyntheticShapes("train", data.num_train, data.seed, shapes, fields)
     heldout = SyntheticShapes("heldout", data.num_heldout, data.seed, shapes, fields)
-    tokenizer, vocab_size = make_tokenizer(data, context_length, SyntheticShapes.vocabulary())
-    return ImageTextData(train, heldout, tokenizer, vocab_size)
+    return train, heldout, SyntheticShapes.vocabulary()
+
+
+def _csv(data: ml_collections.ConfigDict) -> tuple[Any, Any, None]:
+    from vlalign_jax.data.sources.csv_captions import CsvImageText
+
+    def table(path: str):
+        return CsvImageText(path, data.get("image_root") or None, data.csv_image_key, data.csv_caption_key,
+                            data.csv_separator) if path else None
+
+    return table(data.train_path), table(data.get("heldout_path", "")), None
+
+
+def _webdataset(data: ml_collections.ConfigDict) -> tuple[Any, Any, None]:
+    from vlalign_jax.data.sources.webdataset import WebDatasetImageText
+
+    def shards(pattern: str):
+        return WebDatasetImageText(pattern, data.get("caption_field", "txt")) if pattern else None
+
+    return shards(data.train_shards), shards(data.get("heldout_shards", "")), None
+
+
+def image_text_data(data: ml_collections.ConfigDict, image_size: int, context_length: int) -> ImageTextData:
+    """Build the train and held-out sources named by `config.data`."""
+    if data.name == "synthetic_shapes":
+        train, heldout, vocabulary = _synthetic(data, image_size)
+        train_image, eval_image = _Unaugmented(), _Unaugmented()
+    elif data.name in ("csv", "webdataset"):
+        train, heldout, vocabulary = (_csv if data.name == "csv" else _webdataset)(data)
+        train_image = ClipTrainTransform(image_size, tuple(data.get("train_crop_scale", (0.9, 1.0))))
+        eval_image = ClipEvalTransform(image_size)
+    else:
+        raise ValueError(f"unknown data.name {data.name!r}; available: {', '.join(SOURCES)}")
+    tokenizer, vocab_size = make_tokenizer(data, context_length, vocabulary)
+    return ImageTextData(train, heldout, tokenizer, vocab_size, train_image, eval_image)

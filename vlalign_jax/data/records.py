@@ -1,9 +1,11 @@
 """Bad-record policy: raise with the file and record named, or skip and count.
 
-`data.on_error = "raise"` (default) turns any failure to read or decode a record into a
-`RecordError` naming the source file and the record index. With `"skip"` the record is dropped,
-counted and logged, and once more than `data.max_skip_fraction` of the records read are bad the run
-stops: a dataset that is mostly broken should not train quietly on what is left.
+`data.on_error = "raise"` (default) turns any failure to read, decode or preprocess a record into a
+`RecordError` naming the source file and the record index. With `"skip"` the record becomes a
+`SkippedRecord` marker that flows through the pipeline (worker processes included) and is counted
+and dropped in the training process by `RecordErrors.keep`; once more than `data.max_skip_fraction`
+of the records read are bad the run stops: a dataset that is mostly broken should not train
+quietly on what is left.
 """
 
 from __future__ import annotations
@@ -13,19 +15,67 @@ import logging
 import threading
 from typing import Any, Callable
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 # Too few records read says nothing about the fraction: judge only after this many.
 MIN_RECORDS_FOR_FRACTION = 100
+# What a reader may raise on bad data: PIL (OSError, SyntaxError), json/csv (ValueError), a missing
+# field (KeyError), a wrong shape or type (IndexError, TypeError).
+DATA_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, SyntaxError)
 
 
 class RecordError(ValueError):
     """A record that cannot be used; the message names its file (or source) and index."""
 
 
+@dataclasses.dataclass(frozen=True)
+class SkippedRecord:
+    """Stands in for a bad record until the training process counts and drops it."""
+
+    message: str
+
+
+def _as_record_error(error: Exception, where: str) -> RecordError:
+    """`error` as a `RecordError` whose message starts with `where` (unless it already names it)."""
+    if isinstance(error, RecordError):
+        return error if where in str(error) else RecordError(f"{where}: {error}")
+    return RecordError(f"{where}: {type(error).__name__}: {error}")
+
+
+class GuardedRead:
+    """`(index, rng) -> preprocess(source[index], rng)`, where any failure of either is a bad record:
+    a `RecordError` naming the source file and record (raise), or a `SkippedRecord` (skip).
+
+    One wrapper around read and preprocess so that errors found late (an empty caption, a box outside
+    the image) still name the file and record. A class, not a closure, so it pickles into grain's
+    worker processes.
+    """
+
+    def __init__(self, source: Any, preprocess: Callable[[Any, np.random.Generator], dict],
+                 on_error: str = "raise"):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.source, self.preprocess, self.on_error = source, preprocess, on_error
+
+    def describe(self, index: int) -> str:
+        describe = getattr(self.source, "describe", None)
+        return describe(index) if describe else f"{type(self.source).__name__} record {index}"
+
+    def __call__(self, index: int, rng: np.random.Generator) -> Any:
+        try:
+            return self.preprocess(self.source[int(index)], rng)
+        except DATA_ERRORS as e:
+            error = _as_record_error(e, self.describe(int(index)))
+            if self.on_error == "raise":
+                raise error from e
+            return SkippedRecord(str(error))
+
+
 @dataclasses.dataclass
 class RecordErrors:
-    """Counts records read and skipped; shared by the pipeline's reader threads."""
+    """Counts records read and skipped in the training process; thread-safe."""
 
     on_error: str = "raise"
     max_skip_fraction: float = 0.01
@@ -37,31 +87,32 @@ class RecordErrors:
         if self.on_error not in ON_ERROR:
             raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
 
+    def keep(self, element: Any) -> bool:
+        """Count `element`; False (drop it) for a `SkippedRecord`, logging why."""
+        bad = isinstance(element, SkippedRecord)
+        with self._lock:
+            self.seen += 1
+            self.skipped += bad
+            count = self.skipped
+        if bad:
+            log.warning("skipping bad record (%d so far): %s", count, element.message)
+        return not bad
+
     def guard(self, read: Callable[[int], Any], describe: Callable[[int], str]) -> Callable[[int], Any]:
-        """Wrap `read(index)`: errors become `RecordError`s, or `None` (skipped and counted)."""
+        """Wrap `read(index)` for use outside the pipeline: errors become `RecordError`s (raise) or
+        `None` (skip, counted)."""
 
         def guarded(index: int) -> Any:
             try:
                 value = read(index)
-            except RecordError as e:
-                return self._failed(index, e)
-            except (OSError, ValueError, KeyError, SyntaxError) as e:  # PIL, json, csv, missing fields
-                return self._failed(index, RecordError(f"{describe(index)}: {type(e).__name__}: {e}"))
-            with self._lock:
-                self.seen += 1
-            return value
+            except DATA_ERRORS as e:
+                error = _as_record_error(e, describe(index))
+                if self.on_error == "raise":
+                    raise error from e
+                value = SkippedRecord(str(error))
+            return value if self.keep(value) else None
 
         return guarded
-
-    def _failed(self, index: int, error: RecordError) -> None:
-        if self.on_error == "raise":
-            raise error
-        with self._lock:
-            self.seen += 1
-            self.skipped += 1
-            count = self.skipped
-        log.warning("skipping bad record (%d so far): %s", count, error)
-        return None
 
     def check(self) -> None:
         """Raise once the skipped fraction exceeds `max_skip_fraction` (after enough records)."""

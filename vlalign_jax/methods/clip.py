@@ -82,7 +82,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
 
     @functools.cache
     def heldout_batches():  # the held-out set never changes: decode and tokenize it once
-        return eval_batches(data.heldout, data.preprocess, config.eval.batch_size, config.eval.num_heldout)
+        return eval_batches(data.heldout, data.eval_preprocess, config.eval.batch_size, config.eval.num_heldout)
 
     def heldout_retrieval(params, extras):
         batches = heldout_batches()
@@ -90,5 +90,6 @@ def make(config: ml_collections.ConfigDict) -> Method:
         return retrieval_recall(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
 
     return Method(name="clip", model=model, batch_fields=("pixels", "tokens"), init_variables=init_variables,
-                  embed=embed, loss=loss, train_data=lambda: (data.train, data.preprocess),
-                  constrain_params=constrain_params, evaluators={"retrieval": heldout_retrieval})
+                  embed=embed, loss=loss, train_data=lambda: (data.train, data.train_preprocess),
+                  constrain_params=constrain_params,
+                  evaluators={"retrieval": heldout_retrieval} if data.heldout is not None else {})

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -38,7 +39,8 @@ class Method:
     loss(params, extras, features, rng) -> (loss, metrics)   over the whole (global) batch
     init_variables(rng) -> flax variables (boxed with logical axis names)
     batch_fields: the keys `embed` reads from a batch
-    train_data() -> (random-access source, per-example preprocess returning the batch fields)
+    train_data() -> (random-access source, preprocess(example, rng) returning the batch fields; rng is a
+      numpy Generator drawn per example and epoch by the pipeline, for random crops)
     evaluators: name -> fn(params, extras) -> {metric: value}, run during and after training
     """
 
@@ -48,7 +50,7 @@ class Method:
     init_variables: Callable[[jax.Array], dict]
     embed: Callable[[Params, dict, Batch, jax.Array], Any]
     loss: Callable[[Params, dict, Any, jax.Array], tuple[jax.Array, dict]]
-    train_data: Callable[[], tuple[Any, Callable[[dict], dict]]]
+    train_data: Callable[[], tuple[Any, Callable[[dict, np.random.Generator], dict]]]
     init_extras: Callable[[Params], dict] = _no_extras
     update_extras: Callable[[dict, Params, jax.Array], dict] = _keep_extras
     # Projection applied after each optimizer update (e.g. OpenAI's clamp of the logit scale).

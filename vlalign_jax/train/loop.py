@@ -22,6 +22,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding
 
 from vlalign_jax.data.pipeline import to_global, train_iterator
+from vlalign_jax.data.records import RecordErrors
 from vlalign_jax.methods import Method, make_method
 from vlalign_jax.parallel import distributed
 from vlalign_jax.parallel.mesh import make_mesh
@@ -60,11 +61,13 @@ class Run:
         ema = bool(self.config.train.get("ema_decay", 0.0))
         return create_state(self.method, self.optimizer, self.mesh, self.config.train.seed, ema)[0]
 
-    def iterator(self):
-        tc = self.config.train
+    def iterator(self, errors: RecordErrors | None = None):
+        """This process's training batches; `errors` counts (or raises on) bad records."""
+        tc, data = self.config.train, self.config.data
         source, preprocess = self.method.train_data()
-        return train_iterator(source, preprocess, tc.batch_size, self.config.data.get("seed", tc.seed),
-                              jax.process_index(), jax.process_count(), self.config.data.get("num_threads", 2))
+        return train_iterator(source, preprocess, tc.batch_size, data.get("seed", tc.seed),
+                              jax.process_index(), jax.process_count(), data.get("num_threads", 2),
+                              num_workers=data.get("num_workers", 0), errors=errors)
 
     def global_batch(self, local_batch: dict) -> dict:
         return to_global(local_batch, self.data_sharding, self.method.batch_fields)
@@ -109,7 +112,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method
         save_config(config, workdir)
     run = setup_run(config, method=method)
     tc = config.train
-    iterator = run.iterator()
+    errors = RecordErrors(config.data.get("on_error", "raise"), config.data.get("max_skip_fraction", 0.01))
+    iterator = run.iterator(errors)
     checkpointer = Checkpointer(workdir, tc.get("keep_checkpoints", 3), tc.get("async_checkpoints", True))
     start = checkpointer.latest_step()
     if start is None:
@@ -132,21 +136,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method
                 if meter.flops_per_step is None:
                     meter.flops_per_step = _flops(run.step_fn, state, batch)
                 state, metrics = run.step_fn(state, batch)
+                errors.check()
                 if pending is not None:
-                    last = _log(pending, tc, writer, bar, meter, last)
+                    last = _log(pending, tc, writer, bar, meter, last, errors)
                 pending = (step, metrics)
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
-                    last = _log(pending, tc, writer, bar, meter, last, force=True)  # never save a NaN state
+                    last = _log(pending, tc, writer, bar, meter, last, errors, force=True)  # never save NaN
                     pending = None
                     checkpointer.save(step, state, iterator, config_dict)
                 if tc.get("eval_every") and (step % tc.eval_every == 0 or step == tc.steps):
                     last = {**last, **_evaluate(run.method, state, writer, step)}
             if pending is not None:
-                last = _log(pending, tc, writer, bar, meter, last, force=True)
+                last = _log(pending, tc, writer, bar, meter, last, errors, force=True)
     finally:
         # A save already started holds a good state: let it finish whatever stopped the loop.
         checkpointer.wait()
         checkpointer.close()
+        iterator.close()  # stops grain's worker processes
         bar.close()
         writer.close()
     return last
@@ -162,7 +168,7 @@ def _flops(jitted, state, batch) -> float | None:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _log(pending, tc, writer, bar, meter, last, force: bool = False) -> dict[str, float]:
+def _log(pending, tc, writer, bar, meter, last, errors: RecordErrors, force: bool = False) -> dict[str, float]:
     step, metrics = pending
     values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
     if values.get("nonfinite") and not tc.get("skip_nonfinite", False):
@@ -173,6 +179,7 @@ def _log(pending, tc, writer, bar, meter, last, force: bool = False) -> dict[str
     bar.update(step - bar.n)
     if force or step % tc.get("log_every", 10) == 0:
         values.update(meter.summary())
+        values.update(errors.metrics())
         writer.write_scalars(step, values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", **({"ex/s": f"{values['examples_per_sec']:.0f}"}
                                                         if "examples_per_sec" in values else {}))

@@ -4,6 +4,11 @@ A member `dir/000123.jpg` belongs to sample `dir/000123` with field `jpg`; the k
 up to the first dot of its file name, so `a.seg.png` is field `seg.png` of sample `a`. Members of one
 sample are consecutive in a well-formed shard. Shard lists take brace expansion:
 `shards/{000..099}.tar` (zero padding kept) and `{train,extra}-0.tar`.
+
+`iterate_samples` streams shards front to back (any tar, compressed or not). For training,
+`WebDatasetImageText` indexes local uncompressed shards once (member headers only, data is skipped by
+seeking) and then reads any sample by offset, so the grain pipeline can shuffle globally, split
+samples over hosts and resume at exactly the next example.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from PIL import Image
 
@@ -108,3 +113,56 @@ def shard_paths(pattern: str) -> list[Path]:
         raise FileNotFoundError(f"{len(missing)} of {len(paths)} shards of {pattern!r} do not exist, "
                                 f"e.g. {missing[:3]}")
     return paths
+
+
+class _Member(NamedTuple):
+    field: str
+    offset: int  # of the member's data in the shard file
+    size: int
+
+
+def index_shard(path: str | Path) -> list[tuple[str, list[_Member]]]:
+    """`(key, members)` for every sample of one uncompressed tar shard, in file order."""
+    samples: list[tuple[str, list[_Member]]] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                key, field = _split_key(member.name) if member.isfile() else ("", "")
+                if not key:
+                    continue
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, []))
+                samples[-1][1].append(_Member(field, member.offset_data, member.size))
+    except (tarfile.TarError, OSError) as e:
+        raise RecordError(f"{path}: cannot index tar shard (random access needs an uncompressed .tar): "
+                          f"{type(e).__name__}: {e}") from e
+    return samples
+
+
+class WebDatasetImageText:
+    """Random-access `{"image", "caption", "key", "index"}` over local webdataset shards."""
+
+    def __init__(self, shards: str | Sequence[str], caption_field: str = "txt", json_caption_key: str = "caption"):
+        patterns = [shards] if isinstance(shards, str) else list(shards)
+        self.urls = [str(p) for pattern in patterns for p in shard_paths(pattern)]
+        self.caption_field, self.json_caption_key = caption_field, json_caption_key
+        self.samples = [(shard, key, members) for shard, url in enumerate(self.urls)
+                        for key, members in index_shard(url)]
+        if not self.samples:
+            raise ValueError(f"no samples in shards {patterns}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        shard, key, _ = self.samples[index]
+        return f"{self.urls[shard]} sample {key}"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        shard, key, members = self.samples[index]
+        sample: dict[str, Any] = {"__key__": key, "__url__": self.urls[shard]}
+        with open(self.urls[shard], "rb") as f:
+            for member in members:
+                f.seek(member.offset)
+                sample[member.field] = f.read(member.size)
+        return {**decode_image_text(sample, self.caption_field, self.json_caption_key), "index": index}
