@@ -21,7 +21,6 @@ import numpy as np
 def bench_jax(args) -> dict:
     import jax
 
-    from vlalign_jax.methods import clip as clip_method
     from vlalign_jax.train.config import build_config
     from vlalign_jax.train.loop import setup_run
     from vlalign_jax.train.throughput import peak_flops

@@ -222,3 +222,12 @@ def test_missing_vocab_errors(monkeypatch, tmp_path):
     monkeypatch.setattr(tokenizers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="vocab_path.*open_clip_torch"):
         ClipTokenizer()
+
+
+def test_pickles_for_worker_processes(tokenizer):
+    import pickle
+
+    texts = ["a photo of a cat", "two dogs on a sofa"]
+    tokenizer(texts)  # fill the word cache, which is not pickled
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    np.testing.assert_array_equal(copy(texts), tokenizer(texts))

@@ -1,7 +1,6 @@
 """The jitted, sharded step gives the same numbers on any mesh; FSDP really shards the state;
 gradient accumulation and rematerialisation do not change the gradients."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -136,8 +136,19 @@ class ClipTokenizer:
         self._merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self._special_ids = {t: self._encoder[t] for t in (SOT_TOKEN, EOT_TOKEN)}
         self.context_length = context_length
+        self._cache_words()
+
+    def _cache_words(self) -> None:
         # Per instance, so the cache dies with the tokenizer; captions repeat words heavily.
         self._word_ids = functools.lru_cache(maxsize=BPE_CACHE_SIZE)(self._bpe_word)
+
+    def __getstate__(self) -> dict:
+        """Pickle without the cache (grain's worker processes get a copy of the tokenizer)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_word_ids"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache_words()
 
     @property
     def vocab_size(self) -> int:
