@@ -84,6 +84,19 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from vlalign_jax.data.sources.grounding_splits import add_convert_splits_arguments, run_convert_splits
+
+    p = sub.add_parser("data", help="prepare datasets (format conversions)")
+    tools = p.add_subparsers(dest="data_command", required=True)
+    convert = tools.add_parser(
+        "convert-splits", help="CLIP-VG / TransVG .pth split files -> JSON lines (read without torch)",
+        description="Convert CLIP-VG / TransVG split files (.pth; needs torch) into JSON lines with boxes as "
+                    "x1y1x2y2 pixels, which GroundingSplit reads without torch.")
+    add_convert_splits_arguments(convert)
+    convert.set_defaults(run=run_convert_splits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlalign", description="Train, evaluate and convert vision-language "
                                      "alignment models in JAX.")
@@ -91,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_convert(sub)
     _add_plot(sub)
+    _add_data(sub)
     return parser
 
 
