@@ -121,7 +121,8 @@ def main() -> None:
     print(json.dumps({"images": args.images, "image_size": [args.width, args.height], "workers": args.workers,
                       "batch": args.batch, "output_size": args.size, "cpus": os.cpu_count(),
                       "ours_images_per_sec": round(ours_rate, 1), "torch_images_per_sec": round(torch_rate, 1),
-                      "ours/torch": round(ours_rate / torch_rate, 3)}))
+                      "ours/torch": round(ours_rate / torch_rate, 3),
+                      "runs": {"ours": [round(ours_a, 1), round(ours_b, 1)], "torch": [round(torch_a, 1), round(torch_b, 1)]}}))
 
 
 if __name__ == "__main__":

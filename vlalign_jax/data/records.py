@@ -2,8 +2,8 @@
 
 `data.on_error = "raise"` (default) turns any failure to read, decode or preprocess a record into a
 `RecordError` naming the source file and the record index. With `"skip"` the record becomes a
-`SkippedRecord` marker that flows through the pipeline (worker processes included) and is counted
-and dropped in the training process by `RecordErrors.keep`; once more than `data.max_skip_fraction`
+`SkippedRecord` marker: the pipeline leaves it out of its batch and hands its message to the training
+process, where `RecordErrors` counts it; once more than `data.max_skip_fraction`
 of the records read are bad the run stops: a dataset that is mostly broken should not train
 quietly on what is left.
 """
@@ -97,6 +97,18 @@ class RecordErrors:
         if bad:
             log.warning("skipping bad record (%d so far): %s", count, element.message)
         return not bad
+
+    def count_batch(self, batch_and_skipped: tuple[Any, list[str]]) -> Any:
+        """Count a batch of good records and the bad ones skipped to fill it; return the batch."""
+        batch, skipped = batch_and_skipped
+        good = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+        with self._lock:
+            self.seen += good + len(skipped)
+            self.skipped += len(skipped)
+            count = self.skipped
+        for message in skipped:
+            log.warning("skipping bad record (%d so far): %s", count, message)
+        return batch
 
     def guard(self, read: Callable[[int], Any], describe: Callable[[int], str]) -> Callable[[int], Any]:
         """Wrap `read(index)` for use outside the pipeline: errors become `RecordError`s (raise) or
