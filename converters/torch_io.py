@@ -61,6 +61,8 @@ def tensor_to_numpy(t: Any) -> np.ndarray:
 def numpy_to_tensor(a: np.ndarray) -> Any:
     torch = require_torch()
     a = np.asarray(a, order="C")
+    if not a.flags.writeable:  # e.g. a view of a jax.Array; torch tensors must own writable memory
+        a = a.copy()
     if a.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(a)

@@ -41,6 +41,32 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from vlalign_jax.converters.families import DTYPES, FAMILIES
+
+    p = sub.add_parser(
+        "export", help="write a training run's weights as a PyTorch (or flax) checkpoint",
+        description="Export the params of a run's newest (or --step) checkpoint to a checkpoint family. "
+                    "Method state (DeGLA's EMA teacher, optimizer moments) is not exported.",
+        epilog="example: vlalign export runs/degla degla_b32.pt --to degla")
+    p.add_argument("workdir", help="training run directory")
+    p.add_argument("dst", help="destination file or folder")
+    p.add_argument("--to", dest="dst_family", choices=FAMILIES, required=True, help="destination family")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="parameter dtype (default: as trained)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from vlalign_jax.train.export import export_run
+
+    config = export_run(args.workdir, args.dst, args.dst_family, args.step, args.dtype, args.overwrite)
+    print(f"wrote {args.dst} ({args.dst_family}; vision {config.vision.width}w x{config.vision.layers}, "
+          f"text {config.text.width}w x{config.text.layers})")
+    return 0
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train (or resume) a run from a config file",
@@ -103,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_convert(sub)
+    _add_export(sub)
     _add_plot(sub)
     _add_data(sub)
     return parser

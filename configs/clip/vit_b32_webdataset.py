@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "ViT-B-32"
     config.model.dtype = "bfloat16"
     config.model.remat = "none"
+    config.model.init_from = ""  # start from weights: a checkpoint (any converter family) or a run's workdir
+    config.model.init_family = ""  # "" = guess from the contents; or openai, open_clip, hf, degla, flax
     config.model.overrides = {}
 
     config.data = ml_collections.ConfigDict()

@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "tiny"
     config.model.dtype = "float32"
     config.model.remat = "none"
+    config.model.init_from = ""  # start from weights: a checkpoint (any converter family) or a run's workdir
+    config.model.init_family = ""  # "" = guess from the contents; or openai, open_clip, hf, degla, flax
     config.model.overrides = {"vision": {"image_size": 32, "patch_size": 8}, "text": {"context_length": 24}}
 
     config.data = ml_collections.ConfigDict()

@@ -28,8 +28,11 @@ def _extras(method: Method, params: Any, ema: bool) -> dict:
 
 
 def _initializer(method: Method, optimizer: optax.GradientTransformation, ema: bool):
-    def init(rng: jax.Array) -> TrainState:
-        params = nn.meta.unbox(method.init_variables(rng)["params"])
+    def init(rng: jax.Array, initial_params: Any = None) -> TrainState:
+        if initial_params is None:
+            params = nn.meta.unbox(method.init_variables(rng)["params"])
+        else:
+            params = initial_params
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                           rng=rng, extras=_extras(method, params, ema))
     return init
@@ -55,10 +58,18 @@ def state_shardings(abstract: TrainState, boxed_params: Any, optimizer: optax.Gr
 
 
 def create_state(method: Method, optimizer: optax.GradientTransformation, mesh: Mesh, seed: int,
-                 ema: bool = False) -> tuple[TrainState, TrainState]:
-    """Initialise the state on `mesh` in its final sharding; returns (state, shardings)."""
+                 ema: bool = False, initial_params: Any = None) -> tuple[TrainState, TrainState]:
+    """Initialise the state on `mesh` in its final sharding; returns (state, shardings).
+
+    `initial_params` (global arrays already in the params' sharding, see `initial_weights.place`)
+    replace the random initialisation; the optimizer state and any EMA start from them.
+    """
     abstract, boxed = abstract_state(method, optimizer, seed, ema)
     shardings = state_shardings(abstract, boxed, optimizer, mesh)
+    init = jax.jit(_initializer(method, optimizer, ema), out_shardings=shardings)
     with jax.set_mesh(mesh):
-        state = jax.jit(_initializer(method, optimizer, ema), out_shardings=shardings)(jax.random.PRNGKey(seed))
+        if initial_params is None:
+            state = init(jax.random.PRNGKey(seed))
+        else:
+            state = init(jax.random.PRNGKey(seed), initial_params)
     return state, shardings

@@ -29,6 +29,8 @@ from vlalign_jax.parallel.mesh import make_mesh
 from vlalign_jax.parallel.rules import LOGICAL_AXIS_RULES, batch_sharding, replicated
 from vlalign_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from vlalign_jax.train.config import save_config
+from vlalign_jax.train.export import save_model_config
+from vlalign_jax.train.initial_weights import check_against, place, read_initial_params
 from vlalign_jax.train.initialization import abstract_state, create_state, state_shardings
 from vlalign_jax.train.metrics import MetricsWriter
 from vlalign_jax.train.optim import make_optimizer, schedule_from_config
@@ -58,8 +60,14 @@ class Run:
     schedule: optax.Schedule
 
     def init_state(self) -> TrainState:
+        """A fresh state: random, or from `model.init_from` (a checkpoint or another run's workdir)."""
         ema = bool(self.config.train.get("ema_decay", 0.0))
-        return create_state(self.method, self.optimizer, self.mesh, self.config.train.seed, ema)[0]
+        initial = None
+        if self.config.model.get("init_from", ""):
+            source = self.config.model.init_from
+            params = read_initial_params(source, self.config.model.get("init_family", "") or None)
+            initial = place(check_against(params, self.abstract.params, source), self.shardings.params)
+        return create_state(self.method, self.optimizer, self.mesh, self.config.train.seed, ema, initial)[0]
 
     def iterator(self, errors: RecordErrors | None = None):
         """This process's training batches; `errors` counts (or raises on) bad records."""
@@ -111,6 +119,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method
     if primary:
         save_config(config, workdir)
     run = setup_run(config, method=method)
+    if primary:
+        save_model_config(run.method.model, workdir)
     tc = config.train
     errors = RecordErrors(config.data.get("on_error", "raise"), config.data.get("max_skip_fraction", 0.01))
     iterator = run.iterator(errors)
