@@ -10,19 +10,16 @@ add a learned logit bias to the model.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from vlalign_jax.data.image_text import image_text_data
-from vlalign_jax.data.pipeline import eval_batches
-from vlalign_jax.eval.retrieval import retrieval_recall
 from vlalign_jax.losses.contrastive import (chunked_sigmoid_contrastive_loss, sigmoid_contrastive_loss,
                                             softmax_contrastive_loss)
+from vlalign_jax.methods.image_text_evals import image_text_evaluators
 from vlalign_jax.methods.method import Method
 from vlalign_jax.models.clip import CLIP, ClipConfig
 from vlalign_jax.models.clip_configs import get_clip_config
@@ -78,18 +75,6 @@ def make(config: ml_collections.ConfigDict) -> Method:
     def constrain_params(params):
         return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
 
-    encode = jax.jit(lambda params, pixels, tokens: model.apply({"params": params}, pixels, tokens)[:2])
-
-    @functools.cache
-    def heldout_batches():  # the held-out set never changes: decode and tokenize it once
-        return eval_batches(data.heldout, data.eval_preprocess, config.eval.batch_size, config.eval.num_heldout)
-
-    def heldout_retrieval(params, extras):
-        batches = heldout_batches()
-        pairs = [jax.device_get(encode(params, b["pixels"], b["tokens"])) for b in batches]
-        return retrieval_recall(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
-
     return Method(name="clip", model=model, batch_fields=("pixels", "tokens"), init_variables=init_variables,
                   embed=embed, loss=loss, train_data=lambda: (data.train, data.train_preprocess),
-                  constrain_params=constrain_params,
-                  evaluators={"retrieval": heldout_retrieval} if data.heldout is not None else {})
+                  constrain_params=constrain_params, evaluators=image_text_evaluators(model, data, config))

@@ -94,6 +94,10 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     method = method or make_method(config)
     mesh = make_mesh(config.mesh.to_dict(), devices)
     tc = config.train
+    if tc.get("epochs", 0):
+        # Epochs over the training source fix the step count (and so the schedule's length).
+        tc.steps = int(tc.epochs * (len(method.train_data()[0]) // tc.batch_size))
+        log.info("train.epochs=%s: %d steps", tc.epochs, tc.steps)
     ema = bool(tc.get("ema_decay", 0.0))
     # The optimizer's parameter groups need only the tree's paths and shapes.
     param_shapes = nn.meta.unbox(jax.eval_shape(method.init_variables, jax.random.PRNGKey(tc.seed))["params"])

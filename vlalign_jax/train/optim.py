@@ -21,9 +21,11 @@ def path_str(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def decays(path: str, ndim: int) -> bool:
-    """Weight decay on matrices only: not biases, norms, position/class embeddings or scalars."""
-    return ndim >= 2 and "position_embedding" not in path
+def decays(path: str, ndim: int, position_embeddings: bool = False) -> bool:
+    """Weight decay on matrices only: not biases, norms, class embeddings or scalars; position
+    embeddings only with `position_embeddings=True` (open_clip's and DeGLA's rule: every tensor of
+    two or more dimensions, `optim.decay_position_embeddings`)."""
+    return ndim >= 2 and (position_embeddings or "position_embedding" not in path)
 
 
 def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int,
@@ -62,7 +64,9 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int, params: Any) -> o
     final_lr_fraction, lr_multipliers, freeze)."""
     labels = param_labels(params, dict(optim.get("lr_multipliers", {})), tuple(optim.get("freeze", ())))
     schedule = schedule_from_config(optim, total_steps)
-    decay_mask = lambda p: jax.tree_util.tree_map_with_path(lambda path, x: decays(path_str(path), x.ndim), p)
+    position = bool(optim.get("decay_position_embeddings", False))
+    decay_mask = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, x: decays(path_str(path), x.ndim, position), p)
 
     def group(multiplier: float) -> optax.GradientTransformation:
         return optax.chain(

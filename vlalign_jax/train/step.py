@@ -83,7 +83,7 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation, acc
                                          keep(extras, state.extras))
         nonfinite = 1 - finite.astype(jnp.int32)
         extras = {**extras, "nonfinite_steps": state.extras["nonfinite_steps"] + nonfinite}
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "nonfinite": nonfinite,
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "nonfinite": nonfinite,
                    "nonfinite_steps": extras["nonfinite_steps"]}
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)

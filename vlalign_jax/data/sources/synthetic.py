@@ -254,6 +254,14 @@ def _unused_caption(objects: Sequence[Shape], kind: str, draw: float, used: Sequ
     return None
 
 
+def negative_of_kind(objects: Sequence[Shape], kind: str, draw: float) -> str:
+    """One false caption of the given kind (NEGATIVE_KINDS): for evaluating each kind on its own."""
+    text = _unused_caption(objects, kind, draw, ())
+    if text is None:
+        raise ValueError(f"no {kind} negative for {describe(objects)!r}")
+    return text
+
+
 def hard_negatives(objects: Sequence[Shape], draws: Sequence[float]) -> list[str]:
     """One false caption per number in `draws` (uniform [0, 1)). Negative k is of kind
     NEGATIVE_KINDS[k % 3] when that kind yields a caption not used yet, else of the next kind that
