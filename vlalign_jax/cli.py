@@ -41,6 +41,44 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="compositional benchmarks (SugarCrepe, ARO, VALSE) of a checkpoint or run",
+        description="Score each benchmark item's positive caption against its negatives (cosine similarity; a "
+                    "tie is wrong) and report accuracy per subset and their average, as JSON and a markdown "
+                    "table. The data root holds the public files: see vlalign_jax/eval/compositional_formats.py.",
+        epilog="example: vlalign eval --suite sugarcrepe --data /data/bench --checkpoint degla_b32.pt")
+    p.add_argument("--suite", required=True, choices=("sugarcrepe", "aro", "valse"))
+    p.add_argument("--data", required=True, help="data root (e.g. DIR/sugarcrepe/*.json, DIR/coco/val2017/)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint (any converter family) or a training workdir")
+    p.add_argument("--family", default=None, help="checkpoint family (default: guessed)")
+    p.add_argument("--subsets", nargs="*", default=None, help="only these subsets")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=None, help="write the results here as JSON (and a .md table beside it)")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vlalign_jax.eval.compositional import evaluate_suite, markdown_table
+    from vlalign_jax.eval.encoders import clip_encoders, load_model
+
+    encode_images, encode_texts = clip_encoders(*load_model(args.checkpoint, args.family))
+    results = evaluate_suite(args.suite, args.data, encode_images, encode_texts, batch_size=args.batch_size,
+                             subsets=args.subsets)
+    table = markdown_table(results)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        out.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     from vlalign_jax.converters.families import DTYPES, FAMILIES
 
@@ -130,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_convert(sub)
     _add_export(sub)
+    _add_eval(sub)
     _add_plot(sub)
     _add_data(sub)
     return parser
