@@ -1,4 +1,4 @@
-"""The `vlalign` command line: one subcommand per job (`convert` now; `train`, `eval`, ... as they land)."""
+"""The `vlalign` command line: one subcommand per job (train, export, convert, eval, negatives, plot, data)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,19 @@ def _run_eval(args: argparse.Namespace) -> int:
         out.with_suffix(".md").write_text(table + "\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def _add_negatives(sub: argparse._SubParsersAction) -> None:
+    from vlalign_jax.data import negatives_job
+
+    p = sub.add_parser(
+        "negatives", help="write DeGLA hard-negative captions (rule-based, or a local causal LM)",
+        description="Make 4 hard negatives per caption across 5 types (reshuffle, swap nouns, swap adjectives, "
+                    "replace adjectives, replace nouns) and write DeGLA JSON lines. Re-running resumes: finished "
+                    "ids are skipped. A summary of counts per type and rejected outputs is printed and saved.",
+        epilog="example: vlalign negatives --captions annotations/captions_train2014.json --out DeGLA.jsonl")
+    negatives_job.add_arguments(p)
+    p.set_defaults(run=negatives_job.run)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -169,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_export(sub)
     _add_eval(sub)
+    _add_negatives(sub)
     _add_plot(sub)
     _add_data(sub)
     return parser

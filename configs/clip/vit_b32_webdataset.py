@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.lr = 5e-4
     config.optim.warmup_steps = 500
     config.optim.weight_decay = 0.2
+    config.optim.decay_position_embeddings = False  # True: open_clip's rule (every tensor of 2+ dims)
     config.optim.b1 = 0.9
     config.optim.b2 = 0.98
     config.optim.eps = 1e-6

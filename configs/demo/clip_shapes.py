@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 50
     config.optim.weight_decay = 0.1
+    config.optim.decay_position_embeddings = False  # True: open_clip's rule (every tensor of 2+ dims)
     config.optim.b1 = 0.9
     config.optim.b2 = 0.98
     config.optim.eps = 1e-6
