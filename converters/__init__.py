@@ -47,7 +47,7 @@ def load(path: str | Path, family: str | None = None, dtype: str = "fp32",
     `act` overrides the activation for files that do not record it (bare open_clip weights).
     """
     ckpt = read(path, family, act).cast(_dtype(dtype))
-    return CLIP(ckpt.config), ckpt.nested_params()
+    return model_for(ckpt.config), ckpt.nested_params()
 
 
 def save(model: CLIP, params: Any, path: str | Path, family: str, dtype: str | None = None,
@@ -64,6 +64,13 @@ def convert(src: str | Path, dst: str | Path, src_family: str | None, dst_family
     ckpt = read(src, src_family, act).cast(_dtype(dtype))
     write(ckpt, dst, dst_family, overwrite)
     return ckpt
+
+
+def model_for(config: Any) -> nn.Module:
+    """The module a config describes: FG-CLIP 1 (`FgClipConfig`) or CLIP."""
+    from vlalign_jax.models.fgclip import FGCLIP, FgClipConfig
+
+    return FGCLIP(config) if isinstance(config, FgClipConfig) else CLIP(config)
 
 
 def _dtype(name: str) -> Any:

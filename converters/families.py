@@ -31,7 +31,7 @@ from vlalign_jax.models.clip import ClipConfig, abstract_params
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("openai", "open_clip", "hf", "degla", "flax")
+FAMILIES = ("openai", "open_clip", "hf", "degla", "flax", "fgclip")
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
 FLAX_CONFIG = "vlalign_config.json"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -67,7 +67,9 @@ def detect_family(path: Path) -> str:
         if (path / OPEN_CLIP_CONFIG).exists() or any((path / w).exists() for w in OPEN_CLIP_WEIGHTS):
             return "open_clip"
         if (path / "config.json").exists():
-            return "hf"
+            from vlalign_jax.converters import fgclip_hf
+
+            return "fgclip" if fgclip_hf.is_fgclip_folder(path) else "hf"
     elif path.is_file():
         if is_torchscript(path):
             return "openai"
@@ -167,15 +169,28 @@ def read_flax(path: Path, act: str | None) -> Checkpoint:
     import orbax.checkpoint as ocp
 
     info = json.loads((path / FLAX_CONFIG).read_text())
-    config = ClipConfig.from_dict(info["config"])
+    if info.get("model", "clip") == "fgclip":
+        from vlalign_jax.converters import fgclip_hf
+        from vlalign_jax.models.fgclip import FgClipConfig
+
+        config, shapes = FgClipConfig.from_dict(info["config"]), fgclip_hf.param_shapes
+    else:
+        config, shapes = ClipConfig.from_dict(info["config"]), param_shapes
     restored = ocp.StandardCheckpointer().restore((path / "params").absolute())
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored, sep="/").items()}
-    check_arrays(flat, param_shapes(config), str(path))
+    check_arrays(flat, shapes(config), str(path))
     return Checkpoint(config, flat, info.get("meta", {}))
+
+
+def _read_fgclip(path: Path, act: str | None) -> Checkpoint:
+    from vlalign_jax.converters import fgclip_hf
+
+    return fgclip_hf.read(path, act)
 
 
 READERS: dict[str, Callable[[Path, str | None], Checkpoint]] = {
     "openai": read_openai, "open_clip": read_open_clip, "hf": read_hf, "degla": read_degla, "flax": read_flax,
+    "fgclip": _read_fgclip,
 }
 
 
@@ -233,15 +248,28 @@ def write_flax(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save((tmp / "params").absolute(), ckpt.nested_params())
         checkpointer.wait_until_finished()
-        info = {"format": "vlalign-jax", "version": 1, "model": "clip", "config": ckpt.config.to_dict(),
+        info = {"format": "vlalign-jax", "version": 1, "model": model_kind(ckpt.config), "config": ckpt.config.to_dict(),
                 "meta": ckpt.meta}
         (tmp / FLAX_CONFIG).write_text(json.dumps(info, indent=2))
 
 
+def _write_fgclip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    from vlalign_jax.converters import fgclip_hf
+
+    fgclip_hf.write(ckpt, path, overwrite)
+
+
 WRITERS: dict[str, Callable[[Checkpoint, Path, bool], None]] = {
     "openai": write_openai, "open_clip": write_open_clip, "hf": write_hf, "degla": write_degla,
-    "flax": write_flax,
+    "flax": write_flax, "fgclip": _write_fgclip,
 }
+
+
+def model_kind(config: ClipConfig) -> str:
+    """"fgclip" for FG-CLIP 1 configs (extra text tables and scales), else "clip"."""
+    from vlalign_jax.models.fgclip import FgClipConfig
+
+    return "fgclip" if isinstance(config, FgClipConfig) else "clip"
 
 
 def check_family(family: str) -> str:

@@ -118,6 +118,8 @@ class Encoder(nn.Module):
 
     `remat` is `none`, `full` (recompute each layer in the backward pass) or `save_dots` (keep the
     weight matmul outputs, recompute the rest); parameter names are the same in every case.
+    `return_penultimate=True` returns `(output, input of the last layer)` instead of the output alone
+    (FG-CLIP's dense features re-run the last layer on that input); it adds no parameters.
     """
 
     num_layers: int
@@ -129,13 +131,16 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
+    return_penultimate: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; expected none or one of {sorted(REMAT_POLICIES)}")
         layer = EncoderLayer if self.remat == "none" else nn.remat(EncoderLayer, policy=REMAT_POLICIES[self.remat])
+        penultimate = x
         for i in range(self.num_layers):
+            penultimate = x
             x = layer(self.num_heads, self.mlp_dim, self.act, self.causal, self.layer_norm_eps,
                              self.dtype, self.param_dtype, name=f"layers_{i}")(x)
-        return x
+        return (x, penultimate) if self.return_penultimate else x
