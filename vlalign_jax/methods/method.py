@@ -23,8 +23,12 @@ def _no_extras(params: Params) -> dict:
     return {}
 
 
-def _keep_extras(extras: dict, params: Params, step: jax.Array) -> dict:
+def _keep_extras(extras: dict, params: Params, step: jax.Array, metrics: dict) -> dict:
     return extras
+
+
+def _as_is(params: dict) -> dict:
+    return params
 
 
 def _identity(params: Params) -> Params:
@@ -42,6 +46,12 @@ class Method:
     train_data() -> (random-access source, preprocess(example, rng) returning the batch fields; rng is a
       numpy Generator drawn per example and epoch by the pipeline, for random crops)
     evaluators: name -> fn(params, extras) -> {metric: value}, run during and after training
+    init_extras(params) -> method state kept in the train state (replicated unless it is `ema_params`)
+    update_extras(extras, new_params, step, metrics) -> extras after the update; `metrics` are this
+      step's loss metrics, so a quantity the loss computes (FG-CLIP 2's synchronised ranking
+      threshold) is carried to the next step
+    adapt_initial_params(params) -> params: turns weights read for `model.init_from` into this
+      model's tree before the strict key/shape check
     """
 
     name: str
@@ -52,7 +62,9 @@ class Method:
     loss: Callable[[Params, dict, Any, jax.Array], tuple[jax.Array, dict]]
     train_data: Callable[[], tuple[Any, Callable[[dict, np.random.Generator], dict]]]
     init_extras: Callable[[Params], dict] = _no_extras
-    update_extras: Callable[[dict, Params, jax.Array], dict] = _keep_extras
+    update_extras: Callable[[dict, Params, jax.Array, dict], dict] = _keep_extras
     # Projection applied after each optimizer update (e.g. OpenAI's clamp of the logit scale).
     constrain_params: Callable[[Params], Params] = _identity
     evaluators: Mapping[str, Callable[..., dict]] = dataclasses.field(default_factory=dict)
+    # Loaded `model.init_from` params -> this model's tree (e.g. FG-CLIP grown from a CLIP checkpoint).
+    adapt_initial_params: Callable[[dict], dict] = _as_is

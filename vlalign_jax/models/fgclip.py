@@ -104,8 +104,9 @@ class FgClipVisionTransformer(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, pixels: jax.Array, dense_tokens: bool = False) -> jax.Array:
-        """-> [batch, width] post-LN class token, or [batch, num_patches, width] with `dense_tokens`."""
+    def __call__(self, pixels: jax.Array, dense_tokens: bool = False, both: bool = False) -> Any:
+        """-> [batch, width] post-LN class token, or [batch, num_patches, width] with `dense_tokens`,
+        or both (one pass through the tower) with `both`."""
         cfg, vc = self.config, self.config.vision
         x = VisionEmbeddings(vc, self.dtype, self.param_dtype, name="embeddings")(pixels)
         x = layer_norm(cfg.layer_norm_eps, "pre_layernorm", self.dtype, self.param_dtype)(x)
@@ -113,13 +114,14 @@ class FgClipVisionTransformer(nn.Module):
                           self.dtype, self.param_dtype, self.remat, return_penultimate=True, name="encoder")
         x, last_input = encoder(x)
         post_layernorm = layer_norm(cfg.layer_norm_eps, "post_layernorm", self.dtype, self.param_dtype)
-        if not dense_tokens:
+        if not (dense_tokens or both):
             return post_layernorm(x[:, 0])
         # Reference `forward_without_attn`: the last block's own weights on its own input (hidden_states[-2]).
         last_params = encoder.variables["params"][f"layers_{vc.layers - 1}"]
         value_path = _ValuePathLayer(vc.mlp_dim, cfg.act, cfg.layer_norm_eps, self.dtype, self.param_dtype)
         tokens = value_path.apply({"params": last_params}, last_input)
-        return post_layernorm(tokens[:, 1:])
+        dense_out = post_layernorm(tokens[:, 1:])
+        return (post_layernorm(x[:, 0]), dense_out) if both else dense_out
 
 
 # ---- text -----------------------------------------------------------------------------------------
@@ -210,6 +212,13 @@ class FGCLIP(nn.Module):
         tokens = self.visual_projection(self.vision_model(pixels, dense_tokens=True))  # [batch, h*w, embed_dim]
         side = self.config.vision.image_size // self.config.vision.patch_size
         return tokens.reshape(tokens.shape[0], side, side, tokens.shape[-1])
+
+    def encode_image_and_dense(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`encode_image` and `encode_image_dense` from one pass through the vision tower."""
+        pooled, tokens = self.vision_model(pixels, both=True)
+        side = self.config.vision.image_size // self.config.vision.patch_size
+        tokens = self.visual_projection(tokens)
+        return self.visual_projection(pooled), tokens.reshape(tokens.shape[0], side, side, tokens.shape[-1])
 
     def __call__(self, pixels: jax.Array, token_ids: jax.Array,
                  long_token_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:

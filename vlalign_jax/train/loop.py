@@ -65,7 +65,8 @@ class Run:
         initial = None
         if self.config.model.get("init_from", ""):
             source = self.config.model.init_from
-            params = read_initial_params(source, self.config.model.get("init_family", "") or None)
+            params = self.method.adapt_initial_params(
+                read_initial_params(source, self.config.model.get("init_family", "") or None))
             initial = place(check_against(params, self.abstract.params, source), self.shardings.params)
         return create_state(self.method, self.optimizer, self.mesh, self.config.train.seed, ema, initial)[0]
 

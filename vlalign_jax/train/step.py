@@ -73,7 +73,7 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation, acc
                                               accum_steps)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = method.constrain_params(optax.apply_updates(state.params, updates))
-        extras = method.update_extras(state.extras, params, state.step)
+        extras = method.update_extras(state.extras, params, state.step, metrics)
         if ema_decay:
             extras = {**extras, "ema_params": ema_update(state.extras["ema_params"], params, ema_decay)}
         finite = jnp.isfinite(loss) & all_finite(grads)
