@@ -67,9 +67,12 @@ def convert(src: str | Path, dst: str | Path, src_family: str | None, dst_family
 
 
 def model_for(config: Any) -> nn.Module:
-    """The module a config describes: FG-CLIP 1 (`FgClipConfig`) or CLIP."""
+    """The module a config describes: FG-CLIP 1 (`FgClipConfig`), SigLIP 2 (`SiglipConfig`) or CLIP."""
     from vlalign_jax.models.fgclip import FGCLIP, FgClipConfig
+    from vlalign_jax.models.siglip import SigLIP, SiglipConfig
 
+    if isinstance(config, SiglipConfig):
+        return SigLIP(config)
     return FGCLIP(config) if isinstance(config, FgClipConfig) else CLIP(config)
 
 

@@ -142,7 +142,12 @@ def read_degla(path: Path, act: str | None) -> Checkpoint:
 def read_hf(path: Path, act: str | None) -> Checkpoint:
     if not (path / "config.json").exists():
         raise CheckpointFormatError(f"{path}: a Hugging Face checkpoint is a folder with config.json")
-    config = clip_hf.config_from_json(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+    raw = json.loads((path / "config.json").read_text())
+    if raw.get("model_type") == "siglip2":
+        from vlalign_jax.converters import siglip2_hf
+
+        return siglip2_hf.read_siglip2_hf(path, act)
+    config = clip_hf.config_from_json(raw, str(path / "config.json"))
     if act is not None and act != config.act:
         raise ValueError(f"{path}/config.json says hidden_act={config.act!r}, but act={act!r} was requested")
     state = _hf_weights(path)
@@ -174,6 +179,11 @@ def read_flax(path: Path, act: str | None) -> Checkpoint:
         from vlalign_jax.models.fgclip import FgClipConfig
 
         config, shapes = FgClipConfig.from_dict(info["config"]), fgclip_hf.param_shapes
+    elif info.get("model") == "siglip2":
+        from vlalign_jax.converters import siglip2_hf
+        from vlalign_jax.models.siglip import SiglipConfig
+
+        config, shapes = SiglipConfig.from_dict(info["config"]), siglip2_hf.param_shapes
     else:
         config, shapes = ClipConfig.from_dict(info["config"]), param_shapes
     restored = ocp.StandardCheckpointer().restore((path / "params").absolute())
@@ -196,16 +206,25 @@ READERS: dict[str, Callable[[Path, str | None], Checkpoint]] = {
 
 # ---- writing --------------------------------------------------------------------------------------
 
+def _require_clip(ckpt: Checkpoint, family: str) -> None:
+    kind = model_kind(ckpt.config)
+    if kind != "clip":
+        raise ValueError(f"a {kind} model cannot be written as {family!r}: that layout holds CLIP weights only; "
+                         f"write it as {'hf or flax' if kind == 'siglip2' else 'fgclip or flax'}")
+
+
 def _openai_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     rules = expand(clip_openai.rules_for(ckpt.config), clip_openai.layer_counts(ckpt.config))
     return to_theirs(ckpt.params, rules, param_shapes(ckpt.config), "params")
 
 
 def write_openai(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    _require_clip(ckpt, "openai")
     save_state_dict(_openai_state(ckpt), path, overwrite=overwrite)
 
 
 def write_open_clip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    _require_clip(ckpt, "open_clip")
     state = _openai_state(ckpt)
     if path.suffix:
         save_state_dict(state, path, overwrite=overwrite)
@@ -225,12 +244,19 @@ def write_open_clip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
 
 
 def write_degla(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    _require_clip(ckpt, "degla")
     state = {f"module.{k}": v for k, v in _openai_state(ckpt).items()}
     extras = {"epoch": 0, "name": "vlalign-jax-export", **ckpt.meta.get("degla", {})}
     save_state_dict(state, path, extra=extras, nest_under="state_dict", overwrite=overwrite)
 
 
 def write_hf(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    if model_kind(ckpt.config) == "siglip2":
+        from vlalign_jax.converters import siglip2_hf
+
+        siglip2_hf.write_siglip2_hf(ckpt, path, overwrite)
+        return
+    _require_clip(ckpt, "hf")
     if ckpt.config.logit_bias_init is not None:
         raise ValueError("Hugging Face CLIPModel has no logit_bias; write this model as open_clip or flax")
     rules = expand(clip_hf.RULES, clip_openai.layer_counts(ckpt.config))
@@ -265,10 +291,13 @@ WRITERS: dict[str, Callable[[Checkpoint, Path, bool], None]] = {
 }
 
 
-def model_kind(config: ClipConfig) -> str:
-    """"fgclip" for FG-CLIP 1 configs (extra text tables and scales), else "clip"."""
+def model_kind(config: Any) -> str:
+    """"fgclip" (FG-CLIP 1: extra text tables and scales), "siglip2" (SigLIP 2 NaFlex) or "clip"."""
     from vlalign_jax.models.fgclip import FgClipConfig
+    from vlalign_jax.models.siglip import SiglipConfig
 
+    if isinstance(config, SiglipConfig):
+        return "siglip2"
     return "fgclip" if isinstance(config, FgClipConfig) else "clip"
 
 

@@ -1,4 +1,5 @@
-"""The `vlalign` command line: one subcommand per job (train, export, convert, eval, negatives, plot, data)."""
+"""The `vlalign` command line: one subcommand per job (train, export, convert, eval, fine-grained,
+dense, negatives, plot, data)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,23 @@ def _run_eval(args: argparse.Namespace) -> int:
         out.with_suffix(".md").write_text(table + "\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def _add_fine_grained(sub: argparse._SubParsersAction) -> None:
+    from vlalign_jax.eval import dense_maps, fine_grained
+
+    p = sub.add_parser(
+        "fine-grained", help="FG-OVD, long-caption retrieval (ShareGPT4V-1k, DCI), box classification",
+        description="Fine-grained evaluations of an FG-CLIP checkpoint or run: FG-OVD top-1 (a box against its "
+                    "positive and negative descriptions), long-caption retrieval R@1, COCO-style box "
+                    "classification. Ties count as wrong.",
+        epilog="example: vlalign fine-grained --task fgovd --data fgovd/ --images coco/val2017 --checkpoint fg-clip-base")
+    fine_grained.add_arguments(p)
+    p.set_defaults(run=fine_grained.run)
+    p = sub.add_parser("dense", help="patch-text similarity heatmap of an image, as a PNG",
+                       epilog='example: vlalign dense --checkpoint fg-clip-base --image dog.jpg --text "a dog" --out heat.png')
+    dense_maps.add_arguments(p)
+    p.set_defaults(run=dense_maps.run)
 
 
 def _add_negatives(sub: argparse._SubParsersAction) -> None:
@@ -183,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_eval(sub)
     _add_negatives(sub)
+    _add_fine_grained(sub)
     _add_plot(sub)
     _add_data(sub)
     return parser

@@ -30,7 +30,9 @@ def load_model(path: str | Path, family: str | None = None) -> tuple[CLIP, dict]
     if path.is_dir() and (path / MODEL_CONFIG_FILE).exists() and family in (None, "workdir"):
         from vlalign_jax.train.checkpoint import load_params
 
-        return CLIP(load_model_config(path)), load_params(path)
+        from vlalign_jax import converters
+
+        return converters.model_for(load_model_config(path)), load_params(path)
     from vlalign_jax import converters
 
     return converters.load(path, family)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlalign_jax.models.clip import CLIP, ClipConfig
+from vlalign_jax.models.clip import ClipConfig
 from vlalign_jax.train.checkpoint import load_params
 
 MODEL_CONFIG_FILE = "model.json"
@@ -22,9 +22,11 @@ def save_model_config(model: Any, workdir: str | Path) -> Path | None:
     config = getattr(model, "config", None)
     if not isinstance(config, ClipConfig):
         return None
+    from vlalign_jax.converters.families import model_kind
+
     path = Path(workdir) / MODEL_CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": "clip", "config": config.to_dict()}, indent=2))
+    path.write_text(json.dumps({"model": model_kind(config), "config": config.to_dict()}, indent=2))
     return path
 
 
@@ -32,7 +34,12 @@ def load_model_config(workdir: str | Path) -> ClipConfig:
     path = Path(workdir) / MODEL_CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir (written by `vlalign train`)?")
-    return ClipConfig.from_dict(json.loads(path.read_text())["config"])
+    info = json.loads(path.read_text())
+    if info.get("model", "clip") == "fgclip":
+        from vlalign_jax.models.fgclip import FgClipConfig
+
+        return FgClipConfig.from_dict(info["config"])
+    return ClipConfig.from_dict(info["config"])
 
 
 def export_run(workdir: str | Path, dst: str | Path, family: str, step: int | None = None,
@@ -41,5 +48,5 @@ def export_run(workdir: str | Path, dst: str | Path, family: str, step: int | No
     from vlalign_jax import converters
 
     config = load_model_config(workdir)
-    converters.save(CLIP(config), load_params(workdir, step), dst, family, dtype, overwrite)
+    converters.save(converters.model_for(config), load_params(workdir, step), dst, family, dtype, overwrite)
     return config
