@@ -1,7 +1,9 @@
 """Image-text retrieval recall: pair i is the only correct match for row i.
 
 Recall@K for image->text ranks all texts for each image by cosine similarity and counts the image
-as hit when its own caption is among the top K; text->image likewise. Ties count against the hit.
+as hit when its own caption is among the top K; text->image likewise. Ties count for the hit: identical
+captions are equally right (a collapsed model with identical embeddings would read 1.0, so the
+region evaluators also report hard-negative accuracy, where ties are wrong).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray, ks: tupl
     sims = image_embeds @ text_embeds.T
     out = {}
     for direction, matrix in (("i2t", sims), ("t2i", sims.T)):
-        # rank of the correct item = number of other items scored at least as high (a tie is a miss,
-        # so a collapsed model with identical embeddings scores 0, not 1)
-        rank = np.sum(matrix >= np.diag(matrix)[:, None], axis=1) - 1
+        # rank of the correct item = number of items scored strictly higher: an item tied with its
+        # match (an identical caption, common in the synthetic set) does not push it down
+        rank = np.sum(matrix > np.diag(matrix)[:, None], axis=1)
         for k in ks:
             out[f"{direction}_R@{k}"] = float(np.mean(rank < k))
     return out
