@@ -67,10 +67,13 @@ def convert(src: str | Path, dst: str | Path, src_family: str | None, dst_family
 
 
 def model_for(config: Any) -> nn.Module:
-    """The module a config describes: FG-CLIP 1 (`FgClipConfig`), SigLIP 2 (`SiglipConfig`) or CLIP."""
+    """The module a config describes: FG-CLIP 1 or 2, SigLIP 2 or CLIP."""
     from vlalign_jax.models.fgclip import FGCLIP, FgClipConfig
+    from vlalign_jax.models.fgclip2 import FGCLIP2, Fgclip2Config
     from vlalign_jax.models.siglip import SigLIP, SiglipConfig
 
+    if isinstance(config, Fgclip2Config):
+        return FGCLIP2(config)
     if isinstance(config, SiglipConfig):
         return SigLIP(config)
     return FGCLIP(config) if isinstance(config, FgClipConfig) else CLIP(config)

@@ -143,6 +143,10 @@ def read_hf(path: Path, act: str | None) -> Checkpoint:
     if not (path / "config.json").exists():
         raise CheckpointFormatError(f"{path}: a Hugging Face checkpoint is a folder with config.json")
     raw = json.loads((path / "config.json").read_text())
+    if raw.get("model_type") == "fgclip2":
+        from vlalign_jax.converters import fgclip2_hf
+
+        return fgclip2_hf.read(path, act)
     if raw.get("model_type") == "siglip2":
         from vlalign_jax.converters import siglip2_hf
 
@@ -179,6 +183,11 @@ def read_flax(path: Path, act: str | None) -> Checkpoint:
         from vlalign_jax.models.fgclip import FgClipConfig
 
         config, shapes = FgClipConfig.from_dict(info["config"]), fgclip_hf.param_shapes
+    elif info.get("model") == "fgclip2":
+        from vlalign_jax.converters import fgclip2_hf
+        from vlalign_jax.models.fgclip2 import Fgclip2Config
+
+        config, shapes = Fgclip2Config.from_dict(info["config"]), fgclip2_hf.param_shapes
     elif info.get("model") == "siglip2":
         from vlalign_jax.converters import siglip2_hf
         from vlalign_jax.models.siglip import SiglipConfig
@@ -210,7 +219,7 @@ def _require_clip(ckpt: Checkpoint, family: str) -> None:
     kind = model_kind(ckpt.config)
     if kind != "clip":
         raise ValueError(f"a {kind} model cannot be written as {family!r}: that layout holds CLIP weights only; "
-                         f"write it as {'hf or flax' if kind == 'siglip2' else 'fgclip or flax'}")
+                         f"write it as {'fgclip or flax' if kind == 'fgclip' else 'hf or flax'}")
 
 
 def _openai_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
@@ -251,6 +260,11 @@ def write_degla(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
 
 
 def write_hf(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    if model_kind(ckpt.config) == "fgclip2":
+        from vlalign_jax.converters import fgclip2_hf
+
+        fgclip2_hf.write(ckpt, path, overwrite)
+        return
     if model_kind(ckpt.config) == "siglip2":
         from vlalign_jax.converters import siglip2_hf
 
@@ -292,10 +306,13 @@ WRITERS: dict[str, Callable[[Checkpoint, Path, bool], None]] = {
 
 
 def model_kind(config: Any) -> str:
-    """"fgclip" (FG-CLIP 1: extra text tables and scales), "siglip2" (SigLIP 2 NaFlex) or "clip"."""
+    """"fgclip" (FG-CLIP 1), "fgclip2" (FG-CLIP 2), "siglip2" (SigLIP 2 NaFlex) or "clip"."""
     from vlalign_jax.models.fgclip import FgClipConfig
+    from vlalign_jax.models.fgclip2 import Fgclip2Config
     from vlalign_jax.models.siglip import SiglipConfig
 
+    if isinstance(config, Fgclip2Config):
+        return "fgclip2"
     if isinstance(config, SiglipConfig):
         return "siglip2"
     return "fgclip" if isinstance(config, FgClipConfig) else "clip"

@@ -25,3 +25,9 @@ def test_matches_brute_force():
         assert got[f"i2t_R@{k}"] == brute_force(sims, k)
         assert got[f"t2i_R@{k}"] == brute_force(sims.T, k)
     assert 0 < got["i2t_R@1"] < got["i2t_R@5"] <= 1
+
+
+def test_ties_count_as_chosen():
+    same = np.tile(np.asarray([[1.0, 0.0]], np.float32), (3, 1))  # a collapsed model: every score ties
+    assert retrieval_recall(same, same, ks=(1,), ties="hit")["i2t_R@1"] == 1.0
+    assert retrieval_recall(same, same, ks=(1,), ties="miss")["i2t_R@1"] == 0.0

@@ -174,7 +174,7 @@ def long_retrieval(items: Sequence[LongCaptionItem], encode_images: EncodeImages
     text_embeds = _encode_texts(encode_texts, [item.caption for item in items], walk, batch_size)
     if image_embeds.shape[1] != text_embeds.shape[1]:
         raise ValueError(f"image embeddings have {image_embeds.shape[1]} dims, text {text_embeds.shape[1]}")
-    recall = retrieval_recall(image_embeds, text_embeds, tuple(ks))
+    recall = retrieval_recall(image_embeds, text_embeds, tuple(ks), ties="miss")
     return {"task": name, "walk": walk, "items": len(items), **recall}
 
 
