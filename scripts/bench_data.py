@@ -85,7 +85,7 @@ def torch_peer(table: Path, args) -> float:
                 pixels = transform(image.convert("RGB"))
             return pixels, tokenizer(rows[i][1])[0]
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(max(args.threads, 1))
     loader = torch.utils.data.DataLoader(Table(), batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          prefetch_factor=4 if args.workers else None)
@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--workers", type=int, default=2, help="worker processes for both pipelines")
-    parser.add_argument("--threads", type=int, default=1, help="threads per worker (ours) / torch intra-op")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="reader threads per worker (ours; 0 = read in the worker itself) / torch intra-op (>= 1)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--context", type=int, default=77)
