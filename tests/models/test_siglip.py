@@ -18,9 +18,10 @@ transformers = pytest.importorskip("transformers")
 
 from vlalign_jax.converters import siglip2_hf  # noqa: E402
 from vlalign_jax.data.naflex import NAFLEX_BUCKETS, naflex_preprocess  # noqa: E402
-from vlalign_jax.models.siglip import (Encoder, SigLIP, SiglipConfig, SiglipTextConfig,  # noqa: E402
+from vlalign_jax.models.siglip import (SigLIP, SiglipConfig, SiglipTextConfig,  # noqa: E402
                                        abstract_params, key_mask, resize_position_embeddings, sigmoid_logits)
 from vlalign_jax.models.siglip_configs import get_siglip_config  # noqa: E402
+from vlalign_jax.models.transformer import Encoder  # noqa: E402
 
 ATOL = 1e-5
 # (height, width) of raw images: square, 1:5, 10:1, 1:500 (a one-row grid at 128 patches), 50:1, odd.
@@ -226,7 +227,7 @@ def test_remat_changes_neither_outputs_nor_gradients():
     """The masked encoder (one layer, so compiles stay short) with and without rematerialisation."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 32))
     mask = key_mask(jnp.array([[1] * 8, [1] * 3 + [0] * 5]))
-    make = lambda r: Encoder(1, 2, 64, "gelu_pytorch_tanh", 1e-6, remat=r)
+    make = lambda r: Encoder(1, 2, 64, "gelu_pytorch_tanh", layer_norm_eps=1e-6, remat=r)
     params = jax.jit(make("none").init)(jax.random.key(1), x, mask)
 
     def loss(params, x, r):

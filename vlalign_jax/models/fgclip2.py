@@ -39,13 +39,12 @@ import numpy as np
 
 from vlalign_jax.models.fgclip import _copy_tree, _fresh, extend_text_positions
 from vlalign_jax.models.siglip import (
-    Encoder,
     MultiheadAttentionPoolingHead,
     SiglipConfig,
     VisionTransformer,
     key_mask,
 )
-from vlalign_jax.models.transformer import dense, layer_norm
+from vlalign_jax.models.transformer import Encoder, dense, layer_norm
 
 Dtype = Any
 WALKS = ("short", "box", "long")
@@ -140,8 +139,8 @@ class Fgclip2TextTransformer(nn.Module):
         else:
             pos = short[:length]
         x = tokens + pos.astype(self.dtype)
-        x = Encoder(tc.layers, tc.heads, tc.mlp_dim, cfg.act, cfg.layer_norm_eps, self.dtype, self.param_dtype,
-                    self.remat, name="encoder")(x, key_mask(attention_mask))
+        x = Encoder(tc.layers, tc.heads, tc.mlp_dim, cfg.act, False, cfg.layer_norm_eps, self.dtype,
+                    self.param_dtype, self.remat, name="encoder")(x, key_mask(attention_mask))
         x = layer_norm(cfg.layer_norm_eps, "final_layer_norm", self.dtype, self.param_dtype)(x)
         pooled = x[:, -1]  # the last position, usually a pad token (SigLIP 2 convention)
         head = dense(tc.projection_dim, ("embed", None), "head", self.dtype, self.param_dtype)

@@ -25,12 +25,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlalign_jax.models import transformer
-from vlalign_jax.models.transformer import REMAT_POLICIES, dense, layer_norm
+from vlalign_jax.models.transformer import ACTIVATIONS, Attention, Encoder, Mlp, dense, layer_norm
 
 Dtype = Any
 
-ACTIVATIONS = {**transformer.ACTIVATIONS, "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,85 +163,6 @@ def key_mask(attention_mask: jax.Array | None) -> jax.Array | None:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
-# ---- transformer blocks with key masking ----------------------------------------------------------
-
-class Attention(nn.Module):
-    """Multi-head attention, separate q/k/v/out projections (HF names); padded keys are masked."""
-
-    num_heads: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, queries: jax.Array, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        width = inputs.shape[-1]
-        head_dim = width // self.num_heads
-        proj = lambda name: dense(width, ("embed", "heads"), name, self.dtype, self.param_dtype)
-        split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)
-        q = split(proj("q_proj")(queries))
-        k, v = split(proj("k_proj")(inputs)), split(proj("v_proj")(inputs))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # scales by head_dim**-0.5, as HF
-        out = out.reshape(*out.shape[:-2], width)
-        return dense(width, ("heads", "embed"), "out_proj", self.dtype, self.param_dtype)(out)
-
-
-class Mlp(nn.Module):
-    """fc1 -> activation -> fc2."""
-
-    hidden_dim: int
-    act: str = "gelu_pytorch_tanh"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = dense(self.hidden_dim, ("embed", "mlp"), "fc1", self.dtype, self.param_dtype)(x)
-        h = ACTIVATIONS[self.act](h)
-        return dense(x.shape[-1], ("mlp", "embed"), "fc2", self.dtype, self.param_dtype)(h)
-
-
-class EncoderLayer(nn.Module):
-    """Pre-LN block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-
-    num_heads: int
-    mlp_dim: int
-    act: str
-    layer_norm_eps: float
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
-        ln = lambda name: layer_norm(self.layer_norm_eps, name, self.dtype, self.param_dtype)
-        h = ln("layer_norm1")(x)
-        x = x + Attention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")(h, h, mask)
-        return x + Mlp(self.mlp_dim, self.act, self.dtype, self.param_dtype, name="mlp")(ln("layer_norm2")(x))
-
-
-class Encoder(nn.Module):
-    """`layers_0 ... layers_{n-1}`; `remat` as in `transformer.Encoder` (none, full, save_dots)."""
-
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    act: str
-    layer_norm_eps: float
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: str = "none"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        if self.remat != "none" and self.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.remat!r}; expected none or one of {sorted(REMAT_POLICIES)}")
-        layer = EncoderLayer if self.remat == "none" else nn.remat(EncoderLayer, policy=REMAT_POLICIES[self.remat])
-        for i in range(self.num_layers):
-            x = layer(self.num_heads, self.mlp_dim, self.act, self.layer_norm_eps, self.dtype,
-                      self.param_dtype, name=f"layers_{i}")(x, mask)
-        return x
-
-
 # ---- towers ---------------------------------------------------------------------------------------
 
 class VisionEmbeddings(nn.Module):
@@ -288,7 +207,8 @@ class MultiheadAttentionPoolingHead(nn.Module):
                            (1, 1, width), self.param_dtype)
         if queries is None:
             queries = jnp.broadcast_to(probe.astype(self.dtype), (x.shape[0], 1, width))
-        a = Attention(self.num_heads, self.dtype, self.param_dtype, name="attention")(queries, x, mask)
+        a = Attention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="attention")(queries, mask, context=x)
         h = layer_norm(self.layer_norm_eps, "layernorm", self.dtype, self.param_dtype)(a)
         return a + Mlp(self.mlp_dim, self.act, self.dtype, self.param_dtype, name="mlp")(h)
 
@@ -313,8 +233,8 @@ class VisionTransformer(nn.Module):
                              f"{pixel_values.shape}, {pixel_attention_mask.shape}, {spatial_shapes.shape}")
         x = VisionEmbeddings(vc, self.dtype, self.param_dtype, name="embeddings")(pixel_values, spatial_shapes)
         mask = key_mask(pixel_attention_mask)
-        x = Encoder(vc.layers, vc.heads, vc.mlp_dim, cfg.act, cfg.layer_norm_eps, self.dtype, self.param_dtype,
-                    self.remat, name="encoder")(x, mask)
+        x = Encoder(vc.layers, vc.heads, vc.mlp_dim, cfg.act, False, cfg.layer_norm_eps, self.dtype,
+                    self.param_dtype, self.remat, name="encoder")(x, mask)
         x = layer_norm(cfg.layer_norm_eps, "post_layernorm", self.dtype, self.param_dtype)(x)
         pooled = MultiheadAttentionPoolingHead(vc.heads, vc.mlp_dim, cfg.act, cfg.layer_norm_eps, self.dtype,
                                                self.param_dtype, name="head")(x, mask)
@@ -356,8 +276,8 @@ class TextTransformer(nn.Module):
         if attention_mask is not None and attention_mask.shape != token_ids.shape:
             raise ValueError(f"attention_mask {attention_mask.shape} must match token_ids {token_ids.shape}")
         x = TextEmbeddings(tc, self.dtype, self.param_dtype, name="embeddings")(token_ids)
-        x = Encoder(tc.layers, tc.heads, tc.mlp_dim, cfg.act, cfg.layer_norm_eps, self.dtype, self.param_dtype,
-                    self.remat, name="encoder")(x, key_mask(attention_mask))
+        x = Encoder(tc.layers, tc.heads, tc.mlp_dim, cfg.act, False, cfg.layer_norm_eps, self.dtype,
+                    self.param_dtype, self.remat, name="encoder")(x, key_mask(attention_mask))
         x = layer_norm(cfg.layer_norm_eps, "final_layer_norm", self.dtype, self.param_dtype)(x)
         # SigLIP pools the last position (a pad token when padded to the context, as in training).
         pooled = dense(tc.projection_dim, ("embed", None), "head", self.dtype, self.param_dtype)(x[:, -1])

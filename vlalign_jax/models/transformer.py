@@ -19,6 +19,7 @@ Dtype = Any
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # SigLIP 2
 }
 
 
@@ -48,8 +49,13 @@ def layer_norm(eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.La
     )
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v projections (HF layout)."""
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (HF layout).
+
+    Self-attention over `x` by default; `context` gives the keys and values instead (SigLIP's
+    attention-pooling head queries the tokens with a probe). `mask` ([batch, 1, 1, keys] bool, True
+    = attend) hides padded keys.
+    """
 
     num_heads: int
     causal: bool = False
@@ -57,14 +63,17 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # x: [batch, length, width]
-        width = x.shape[-1]
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+                 context: jax.Array | None = None) -> jax.Array:  # x: [batch, length, width]
+        context = x if context is None else context
+        width = context.shape[-1]
         head_dim = width // self.num_heads
         proj = lambda name: dense(width, ("embed", "heads"), name, self.dtype, self.param_dtype)
         split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)
-        q, k, v = (split(proj(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
+        q = split(proj("q_proj")(x))
+        k, v = split(proj("k_proj")(context)), split(proj("v_proj")(context))
         # dot_product_attention scales by head_dim**-0.5, as CLIP does, and picks cuDNN on GPU.
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
         out = out.reshape(*out.shape[:-2], width)
         return dense(width, ("heads", "embed"), "out_proj", self.dtype, self.param_dtype)(out)
 
@@ -97,11 +106,11 @@ class EncoderLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         ln = lambda name: layer_norm(self.layer_norm_eps, name, self.dtype, self.param_dtype)
-        x = x + SelfAttention(self.num_heads, self.causal, self.dtype, self.param_dtype,
-                              name="self_attn")(ln("layer_norm1")(x))
+        x = x + Attention(self.num_heads, self.causal, self.dtype, self.param_dtype,
+                          name="self_attn")(ln("layer_norm1")(x), mask)
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, self.param_dtype, name="mlp")(ln("layer_norm2")(x))
         return x
 
@@ -120,6 +129,7 @@ class Encoder(nn.Module):
     weight matmul outputs, recompute the rest); parameter names are the same in every case.
     `return_penultimate=True` returns `(output, input of the last layer)` instead of the output alone
     (FG-CLIP's dense features re-run the last layer on that input); it adds no parameters.
+    `mask` ([batch, 1, 1, length] bool, True = real token) hides padded keys in every layer.
     """
 
     num_layers: int
@@ -134,7 +144,7 @@ class Encoder(nn.Module):
     return_penultimate: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; expected none or one of {sorted(REMAT_POLICIES)}")
         layer = EncoderLayer if self.remat == "none" else nn.remat(EncoderLayer, policy=REMAT_POLICIES[self.remat])
@@ -142,5 +152,5 @@ class Encoder(nn.Module):
         for i in range(self.num_layers):
             penultimate = x
             x = layer(self.num_heads, self.mlp_dim, self.act, self.causal, self.layer_norm_eps,
-                             self.dtype, self.param_dtype, name=f"layers_{i}")(x)
+                             self.dtype, self.param_dtype, name=f"layers_{i}")(x, mask)
         return (x, penultimate) if self.return_penultimate else x
