@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -178,26 +179,10 @@ def read_flax(path: Path, act: str | None) -> Checkpoint:
     import orbax.checkpoint as ocp
 
     info = json.loads((path / FLAX_CONFIG).read_text())
-    if info.get("model", "clip") == "fgclip":
-        from vlalign_jax.converters import fgclip_hf
-        from vlalign_jax.models.fgclip import FgClipConfig
-
-        config, shapes = FgClipConfig.from_dict(info["config"]), fgclip_hf.param_shapes
-    elif info.get("model") == "fgclip2":
-        from vlalign_jax.converters import fgclip2_hf
-        from vlalign_jax.models.fgclip2 import Fgclip2Config
-
-        config, shapes = Fgclip2Config.from_dict(info["config"]), fgclip2_hf.param_shapes
-    elif info.get("model") == "siglip2":
-        from vlalign_jax.converters import siglip2_hf
-        from vlalign_jax.models.siglip import SiglipConfig
-
-        config, shapes = SiglipConfig.from_dict(info["config"]), siglip2_hf.param_shapes
-    else:
-        config, shapes = ClipConfig.from_dict(info["config"]), param_shapes
+    config = config_from_dict(info.get("model", "clip"), info["config"])
     restored = ocp.StandardCheckpointer().restore((path / "params").absolute())
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored, sep="/").items()}
-    check_arrays(flat, shapes(config), str(path))
+    check_arrays(flat, model_param_shapes(config), str(path))
     return Checkpoint(config, flat, info.get("meta", {}))
 
 
@@ -316,6 +301,30 @@ def model_kind(config: Any) -> str:
     if isinstance(config, SiglipConfig):
         return "siglip2"
     return "fgclip" if isinstance(config, FgClipConfig) else "clip"
+
+
+# The converter module holding each non-CLIP kind's table (its `param_shapes`).
+_KIND_MODULES = {"fgclip": "fgclip_hf", "siglip2": "siglip2_hf", "fgclip2": "fgclip2_hf"}
+
+
+def config_from_dict(kind: str, d: Mapping[str, Any]) -> Any:
+    """The architecture saved under `kind` (a `model_kind` name): our flax format, a run's model.json."""
+    from vlalign_jax.models.fgclip import FgClipConfig
+    from vlalign_jax.models.fgclip2 import Fgclip2Config
+    from vlalign_jax.models.siglip import SiglipConfig
+
+    classes = {"clip": ClipConfig, "fgclip": FgClipConfig, "siglip2": SiglipConfig, "fgclip2": Fgclip2Config}
+    if kind not in classes:
+        raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(classes)}")
+    return classes[kind].from_dict(d)
+
+
+def model_param_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """Flat parameter shapes of any model kind."""
+    kind = model_kind(config)
+    if kind == "clip":
+        return param_shapes(config)
+    return importlib.import_module(f"vlalign_jax.converters.{_KIND_MODULES[kind]}").param_shapes(config)
 
 
 def check_family(family: str) -> str:

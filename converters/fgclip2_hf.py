@@ -41,6 +41,7 @@ from vlalign_jax.converters.table import (
 from vlalign_jax.converters.torch_io import (
     CheckpointFormatError,
     atomic_dir,
+    hf_weight_keys,
     save_state_dict,
 )
 
@@ -211,16 +212,5 @@ def is_fgclip2_folder(path: Path) -> bool:
         return False
     if raw.get("model_type") == MODEL_TYPE:
         return True
-    return "longtext_head.weight" in _weight_keys(path)
+    return "longtext_head.weight" in hf_weight_keys(path)
 
-
-def _weight_keys(path: Path) -> set[str]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index_name).exists():
-            return set(json.loads((path / index_name).read_text())["weight_map"])
-    if (path / "model.safetensors").exists():
-        from safetensors import safe_open
-
-        with safe_open(str(path / "model.safetensors"), framework="numpy") as f:
-            return set(f.keys())
-    return set()

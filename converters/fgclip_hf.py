@@ -28,7 +28,7 @@ from flax import traverse_util
 
 from vlalign_jax.converters import clip_hf
 from vlalign_jax.converters.table import LINEAR, Rule, expand, from_theirs, rule, to_theirs
-from vlalign_jax.converters.torch_io import CheckpointFormatError, atomic_dir, save_state_dict
+from vlalign_jax.converters.torch_io import CheckpointFormatError, atomic_dir, hf_weight_keys, save_state_dict
 from vlalign_jax.models.fgclip import EOS_TOKEN_ID, KEEP_LEN, FgClipConfig, abstract_params
 
 # The remote-code model hard-codes these (modeling_clip.py:258-265, fgclip.py:54-56).
@@ -138,16 +138,5 @@ def is_fgclip_folder(path: Path) -> bool:
     raw = json.loads((path / "config.json").read_text())
     if any("FGCLIP" in a for a in raw.get("architectures") or []):
         return True
-    return "text_filip_projection.weight" in _weight_keys(path)
+    return "text_filip_projection.weight" in hf_weight_keys(path)
 
-
-def _weight_keys(path: Path) -> set[str]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index_name).exists():
-            return set(json.loads((path / index_name).read_text())["weight_map"])
-    if (path / "model.safetensors").exists():
-        from safetensors import safe_open
-
-        with safe_open(str(path / "model.safetensors"), framework="numpy") as f:
-            return set(f.keys())
-    return set()

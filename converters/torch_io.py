@@ -9,6 +9,7 @@ complete, so a failed conversion never leaves a half-written destination.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -96,6 +97,20 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
         return dict(st.load_file(str(path)))
     except Exception as e:  # safetensors raises its own error types for truncated headers.
         raise CheckpointFormatError(f"could not read {path} as safetensors: {type(e).__name__}: {e}") from e
+
+
+def hf_weight_keys(path: Path) -> set[str]:
+    """The weight names of a Hugging Face folder (sharded index or single safetensors), read without
+    loading any tensor; empty when neither is there. Used to tell model families apart."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index_name).exists():
+            return set(json.loads((path / index_name).read_text())["weight_map"])
+    if (path / "model.safetensors").exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), framework="numpy") as f:
+            return set(f.keys())
+    return set()
 
 
 def save_state_dict(state: Mapping[str, np.ndarray], path: Path, metadata: Mapping[str, str] | None = None,

@@ -34,12 +34,10 @@ def load_model_config(workdir: str | Path) -> ClipConfig:
     path = Path(workdir) / MODEL_CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir (written by `vlalign train`)?")
-    info = json.loads(path.read_text())
-    if info.get("model", "clip") == "fgclip":
-        from vlalign_jax.models.fgclip import FgClipConfig
+    from vlalign_jax.converters.families import config_from_dict
 
-        return FgClipConfig.from_dict(info["config"])
-    return ClipConfig.from_dict(info["config"])
+    info = json.loads(path.read_text())
+    return config_from_dict(info.get("model", "clip"), info["config"])
 
 
 def export_run(workdir: str | Path, dst: str | Path, family: str, step: int | None = None,
