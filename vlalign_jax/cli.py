@@ -60,23 +60,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from vlalign_jax.eval.compositional import evaluate_suite, markdown_table
     from vlalign_jax.eval.encoders import clip_encoders, load_model
+    from vlalign_jax.eval.reports import report
 
     encode_images, encode_texts = clip_encoders(*load_model(args.checkpoint, args.family))
     results = evaluate_suite(args.suite, args.data, encode_images, encode_texts, batch_size=args.batch_size,
                              subsets=args.subsets)
-    table = markdown_table(results)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
-        out.with_suffix(".md").write_text(table + "\n")
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+    report(results, markdown_table(results), args.out)
     return 0
 
 

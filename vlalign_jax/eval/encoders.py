@@ -8,7 +8,7 @@ model's context length. Both return L2-normalised float32 embeddings.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -22,19 +22,16 @@ EncodeImages = Callable[[list[Image.Image]], np.ndarray]
 EncodeTexts = Callable[[list[str]], np.ndarray]
 
 
-def load_model(path: str | Path, family: str | None = None) -> tuple[CLIP, dict]:
+def load_model(path: str | Path, family: str | None = None) -> tuple[Any, dict]:
     """(model, params) from a checkpoint file/folder or a `vlalign train` workdir."""
-    path = Path(path)
+    from vlalign_jax import converters
     from vlalign_jax.train.export import MODEL_CONFIG_FILE, load_model_config
 
+    path = Path(path)
     if path.is_dir() and (path / MODEL_CONFIG_FILE).exists() and family in (None, "workdir"):
         from vlalign_jax.train.checkpoint import load_params
 
-        from vlalign_jax import converters
-
         return converters.model_for(load_model_config(path)), load_params(path)
-    from vlalign_jax import converters
-
     return converters.load(path, family)
 
 

@@ -27,7 +27,6 @@ A zero box (no area) pools to a zero vector, which ties every caption and so cou
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ from PIL import Image
 from vlalign_jax.data.records import RecordError
 from vlalign_jax.eval import fine_grained_formats as formats
 from vlalign_jax.eval.fine_grained_formats import BoxClassData, FgovdItem, LongCaptionItem
+from vlalign_jax.eval.reports import report
 from vlalign_jax.eval.retrieval import retrieval_recall
 
 __all__ = ["TASKS", "add_arguments", "box_classification", "class_embeddings", "fgovd_accuracy",
@@ -292,12 +292,5 @@ def run(args: argparse.Namespace) -> int:
         results = box_classification(data, encoders.encode_regions, encoders.encode_texts, templates,
                                      batch_size=args.batch_size)
     results["checkpoint"] = str(args.checkpoint)
-    table = markdown_table(results)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
-        out.with_suffix(".md").write_text(table + "\n")
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+    report(results, markdown_table(results), args.out)
     return 0

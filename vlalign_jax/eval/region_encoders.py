@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,24 +43,12 @@ TASK_WALKS = ("short", "box", "long")
 def load_region_model(path: str | Path, family: str | None = None) -> tuple[nn.Module, Any]:
     """(model, params) of a model with dense features, from a checkpoint (any converter family; FG-CLIP 1
     Hugging Face folders load as `FGCLIP`) or a `vlalign train` workdir of an FG-CLIP run."""
-    from vlalign_jax.train.export import MODEL_CONFIG_FILE
+    from vlalign_jax.eval.encoders import load_model
 
-    path = Path(path)
-    if path.is_dir() and (path / MODEL_CONFIG_FILE).exists() and family in (None, "workdir"):
-        from vlalign_jax.models.fgclip import FGCLIP, FgClipConfig
-        from vlalign_jax.train.checkpoint import load_params
-
-        info = json.loads((path / MODEL_CONFIG_FILE).read_text())
-        if info.get("model") != "fgclip" and "long_context_length" not in info.get("config", {}):
-            raise ValueError(f"{path} is a run of a model without dense features ({info.get('model')!r}); "
-                             "region and dense evaluations need FG-CLIP")
-        return FGCLIP(FgClipConfig.from_dict(info["config"])), nn.meta.unbox(load_params(path))
-    from vlalign_jax import converters
-
-    model, params = converters.load(path, family)
+    model, params = load_model(path, family)
     if not hasattr(model, "encode_image_dense"):
         raise ValueError(f"{path} holds a {type(model).__name__}, which has no dense features; region and "
-                         "dense evaluations need FG-CLIP (an FG-CLIP folder or --family fgclip)")
+                         "dense evaluations need FG-CLIP (an FG-CLIP folder, run or --family fgclip)")
     return model, params
 
 
