@@ -49,35 +49,41 @@ def write_coco(root: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
-def starting_weights(model_name: str, path: Path) -> "object":
-    """A QuickGELU open_clip model of the architecture, randomly initialised, saved as a state dict."""
-    import open_clip
-    import torch
-
+def open_clip_kwargs(model_name: str) -> dict:
+    """Constructor arguments of a QuickGELU open_clip CLIP with our `model_name`'s architecture."""
     from vlalign_jax.models.clip_configs import get_clip_config
 
-    torch.manual_seed(0)
+    c = get_clip_config(model_name)
+    return dict(embed_dim=c.embed_dim, quick_gelu=True,
+                vision_cfg=dict(image_size=c.vision.image_size, patch_size=c.vision.patch_size,
+                                width=c.vision.width, layers=c.vision.layers, mlp_ratio=c.vision.mlp_dim / c.vision.width),
+                text_cfg=dict(context_length=c.text.context_length, vocab_size=c.text.vocab_size,
+                              width=c.text.width, heads=c.text.width // 64, layers=c.text.layers))
+
+
+def open_clip_model(model_name: str) -> "object":
+    """A fresh, randomly initialised open_clip model of the architecture (OpenAI's config for ViT-B-32)."""
+    import open_clip
+
     if model_name == "ViT-B-32":
-        model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
-    else:
-        c = get_clip_config(model_name)
-        model = open_clip.model.CLIP(
-            embed_dim=c.embed_dim, quick_gelu=True,
-            vision_cfg=dict(image_size=c.vision.image_size, patch_size=c.vision.patch_size, width=c.vision.width,
-                            layers=c.vision.layers, mlp_ratio=c.vision.mlp_dim / c.vision.width),
-            text_cfg=dict(context_length=c.text.context_length, vocab_size=c.text.vocab_size, width=c.text.width,
-                          heads=c.text.width // 64, layers=c.text.layers))
-    torch.save(model.state_dict(), path)
-    return model.eval()
+        return open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
+    return open_clip.model.CLIP(**open_clip_kwargs(model_name))
 
 
-def open_clip_loads(export: Path, reference: "object", model_name: str) -> "object":
+def starting_weights(model_name: str, path: Path) -> None:
+    """Random starting weights of the architecture, saved as an OpenAI-style state dict."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(open_clip_model(model_name).state_dict(), path)
+
+
+def open_clip_loads(export: Path, model_name: str) -> "object":
     """The export loaded by open_clip into a fresh model of the same architecture (strict keys)."""
     import open_clip
     import torch
 
-    model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True) \
-        if model_name == "ViT-B-32" else type(reference)(**reference.init_args)
+    model = open_clip_model(model_name)
     open_clip.load_checkpoint(model, str(export), strict=True)
     return model.eval().to(torch.float32)
 
@@ -115,16 +121,7 @@ def main() -> None:
         base.mkdir(parents=True, exist_ok=True)
         report: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size}
         start = time.perf_counter()
-        reference = starting_weights(args.model, base / "start.pt")
-        if args.model != "ViT-B-32":  # remember how to build it again for loading the export
-            from vlalign_jax.models.clip_configs import get_clip_config
-            c = get_clip_config(args.model)
-            reference.init_args = dict(
-                embed_dim=c.embed_dim, quick_gelu=True,
-                vision_cfg=dict(image_size=c.vision.image_size, patch_size=c.vision.patch_size,
-                                width=c.vision.width, layers=c.vision.layers, mlp_ratio=c.vision.mlp_dim / c.vision.width),
-                text_cfg=dict(context_length=c.text.context_length, vocab_size=c.text.vocab_size,
-                              width=c.text.width, heads=c.text.width // 64, layers=c.text.layers))
+        starting_weights(args.model, base / "start.pt")
         captions = write_coco(base / "coco", args.images)
         assert vlalign(["negatives", "--captions", str(captions), "--out", str(base / "degla.jsonl"),
                         "--no-progress"]) == 0
@@ -139,7 +136,7 @@ def main() -> None:
         assert vlalign(["train", "--config", str(ROOT / "configs/degla/vit_b32_coco.py"),
                         "--workdir", str(base / "run"), *overrides]) == 0
         assert vlalign(["export", str(base / "run"), str(base / "degla_export.pt"), "--to", "degla"]) == 0
-        loaded = open_clip_loads(base / "degla_export.pt", reference, args.model)
+        loaded = open_clip_loads(base / "degla_export.pt", args.model)
         from vlalign_jax.train.metrics import read_metrics_jsonl
         rows = [r for r in read_metrics_jsonl(base / "run" / "metrics.jsonl") if "loss" in r]
         config = json.loads((base / "run" / "model.json").read_text())["config"]

@@ -9,7 +9,7 @@ strictly higher than the negative's (a tie is wrong).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -46,7 +46,3 @@ def accuracy_by_kind(image_embeds: np.ndarray, caption_embeds: np.ndarray,
 
 def encode_in_batches(encode: EncodeTexts, tokens: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([np.asarray(encode(tokens[i:i + batch_size])) for i in range(0, len(tokens), batch_size)])
-
-
-def tokenize_all(tokenizer: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str]) -> np.ndarray:
-    return np.asarray(tokenizer(list(texts)))

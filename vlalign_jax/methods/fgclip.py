@@ -72,12 +72,11 @@ def make(config: ml_collections.ConfigDict) -> Method:
 
     def loss(params, extras, features, rng):
         negative_mask = features["negative_mask"] & features["box_mask"][..., None]
-        candidate_mask = jnp.concatenate([features["box_mask"][..., None], negative_mask], axis=-1)
         return fgclip_loss(
             features["image"], features["long"], features["short"], features["regions"], features["region_text"],
             features["box_mask"], features["regions"], features["candidates"], negative_mask.any(-1),
             params["logit_scale"], params["logit_scale_fine_grained"], params["logit_scale_hard_negative"],
-            hard_negative_mask=candidate_mask[..., 1:], long_weight=w.long_weight, short_weight=w.short_weight,
+            hard_negative_mask=negative_mask, long_weight=w.long_weight, short_weight=w.short_weight,
             region_weight=w.region_weight, hard_negative_weight=w.hard_negative_weight,
             mesh=jax.sharding.get_abstract_mesh(), axis_names=BATCH_AXES,
             max_logit_scale=None if released_scales else MAX_LOGIT_SCALE)
