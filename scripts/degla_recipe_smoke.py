@@ -55,8 +55,8 @@ def open_clip_kwargs(model_name: str) -> dict:
 
     c = get_clip_config(model_name)
     return dict(embed_dim=c.embed_dim, quick_gelu=True,
-                vision_cfg=dict(image_size=c.vision.image_size, patch_size=c.vision.patch_size,
-                                width=c.vision.width, layers=c.vision.layers, mlp_ratio=c.vision.mlp_dim / c.vision.width),
+                vision_cfg=dict(image_size=c.vision.image_size, patch_size=c.vision.patch_size, width=c.vision.width,
+                                layers=c.vision.layers, mlp_ratio=c.vision.mlp_dim / c.vision.width),
                 text_cfg=dict(context_length=c.text.context_length, vocab_size=c.text.vocab_size,
                               width=c.text.width, heads=c.text.width // 64, layers=c.text.layers))
 
@@ -125,7 +125,8 @@ def main() -> None:
         captions = write_coco(base / "coco", args.images)
         assert vlalign(["negatives", "--captions", str(captions), "--out", str(base / "degla.jsonl"),
                         "--no-progress"]) == 0
-        overrides = [f"--config.model.init_from={base / 'start.pt'}", f"--config.data.train_path={base / 'degla.jsonl'}",
+        overrides = [f"--config.model.init_from={base / 'start.pt'}",
+                     f"--config.data.train_path={base / 'degla.jsonl'}",
                      f"--config.data.image_root={base / 'coco'}", "--config.train.epochs=0",
                      f"--config.train.steps={args.steps}", f"--config.train.batch_size={args.batch_size}",
                      "--config.data.num_workers=0", "--config.data.num_threads=2", "--config.model.dtype=float32",
