@@ -92,17 +92,25 @@ def _divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
     return numerator / jnp.where(jnp.isnan(numerator), jnp.nan, denominator)
 
 
-def _axis_weights(start: jax.Array, end: jax.Array, pooled: int, size: int, sampling_ratio: int,
-                  num_samples: int, aligned: bool) -> tuple[jax.Array, jax.Array]:
+def _axis_weights(start: jax.Array, end: jax.Array, pooled: int, size: int | jax.Array, sampling_ratio: int,
+                  num_samples: int, aligned: bool, num_cells: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Summed bilinear weights of each bin's sample points along one axis.
 
     start, end: [batch, boxes] box edges on this axis, already multiplied by spatial_scale.
-    Returns the weights `[batch, boxes, pooled, size]` (not yet divided by the sample count) and
-    the number of sample points per bin along this axis, `[batch, boxes]` int32.
+    size: the map's extent on this axis, an int or a per-image int array [batch] (maps of different
+    sizes padded to `num_cells`, static; default `size`).
+    Returns the weights `[batch, boxes, pooled, num_cells]` (not yet divided by the sample count;
+    zero on cells >= the image's size) and the number of sample points per bin along this axis,
+    `[batch, boxes]` int32.
     The float operations follow torchvision's kernel in order and rounding, so the sample positions
     and every border decision (validity test, clamp at 0, snap to the last cell) agree bit for bit
     with its CPU kernel (on x86-64, whose build does not contract to FMA).
     """
+    if num_cells is None:
+        num_cells = size
+    extent = jnp.asarray(size, jnp.float32)
+    if extent.ndim:  # per image: broadcast against [batch, boxes, pooled, samples]
+        extent = extent[:, None, None, None]
     offset = jnp.float32(0.5 if aligned else 0.0)
     roi_start = start - offset
     roi_size = (end - offset) - roi_start
@@ -124,22 +132,59 @@ def _axis_weights(start: jax.Array, end: jax.Array, pooled: int, size: int, samp
     # [batch, boxes, pooled, samples]
     step = (sample_index.astype(jnp.float32) + jnp.float32(0.5)) * bin_size
     coord = (roi_start + _rounded(bin_index * bin_size)) + _divide(step, grid_f)
-    used = ((coord >= -1.0) & (coord <= jnp.float32(size))
+    used = ((coord >= -1.0) & (coord <= extent)
             & (sample_index < grid[..., None, None]))
     # Samples outside [-1, size] are dropped by `used`; the clip keeps them finite and in range.
-    coord = jnp.clip(jnp.where(coord <= 0.0, jnp.float32(0.0), coord), 0.0, jnp.float32(size))
+    coord = jnp.clip(jnp.where(coord <= 0.0, jnp.float32(0.0), coord), 0.0, extent)
     low = jnp.floor(coord)
-    at_edge = low >= size - 1
-    low = jnp.where(at_edge, jnp.float32(size - 1), low)
+    at_edge = low >= extent - 1.0
+    low = jnp.where(at_edge, extent - 1.0, low)
     high = jnp.where(at_edge, low, low + 1.0)
     coord = jnp.where(at_edge, low, coord)
     frac = coord - low
     low_weight = jnp.where(used, 1.0 - frac, 0.0)
     high_weight = jnp.where(used, frac, 0.0)
-    cells = jnp.arange(size, dtype=jnp.float32)                            # [size]
+    cells = jnp.arange(num_cells, dtype=jnp.float32)                       # [num_cells]
     weights = (low_weight[..., None] * (cells == low[..., None])
                + high_weight[..., None] * (cells == high[..., None])).sum(axis=-2)
     return weights, grid
+
+
+def _bin_weights(boxes: jax.Array, batch: int, height: int | jax.Array, width: int | jax.Array,
+                 num_rows: int, num_cols: int, output_size: int | Sequence[int], spatial_scale: float,
+                 sampling_ratio: int, aligned: bool, box_mask: jax.Array | None,
+                 max_adaptive_samples: int | Sequence[int] | None) -> tuple[jax.Array, jax.Array]:
+    """Validated arguments -> row weights [batch, boxes, out_h, num_rows] already divided by each bin's
+    sample count (zero for masked boxes) and column weights [batch, boxes, out_w, num_cols]."""
+    if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
+        raise ValueError(f"boxes must be [batch={batch}, max_boxes, 4], got {boxes.shape}")
+    out_h, out_w = _pair(output_size, "output_size")
+    if not isinstance(sampling_ratio, numbers.Integral):
+        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    sampling_ratio = int(sampling_ratio)
+    if sampling_ratio > 0:
+        samples_h = samples_w = sampling_ratio
+    elif max_adaptive_samples is None:
+        samples_h, samples_w = math.ceil((num_rows + 1) / out_h), math.ceil((num_cols + 1) / out_w)
+    else:
+        samples_h, samples_w = _pair(max_adaptive_samples, "max_adaptive_samples")
+
+    boxes = boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32))
+    if box_mask is not None:
+        if box_mask.shape != boxes.shape[:2]:
+            raise ValueError(f"box_mask must be {boxes.shape[:2]}, got {box_mask.shape}")
+        # Padding boxes become zeros before any arithmetic, so NaN/inf padding cannot leak through
+        # 0 * NaN into the output or the gradients.
+        boxes = jnp.where(box_mask[..., None], boxes, 0.0)
+    scaled = _rounded(boxes * jnp.asarray(spatial_scale, boxes.dtype))  # no FMA with the shift
+    x1, y1, x2, y2 = (scaled[..., i] for i in range(4))
+    row_weights, grid_h = _axis_weights(y1, y2, out_h, height, sampling_ratio, samples_h, aligned, num_rows)
+    col_weights, grid_w = _axis_weights(x1, x2, out_w, width, sampling_ratio, samples_w, aligned, num_cols)
+
+    scale = 1.0 / jnp.maximum(grid_h * grid_w, 1).astype(row_weights.dtype)  # [batch, boxes]
+    if box_mask is not None:
+        scale = jnp.where(box_mask, scale, 0.0)
+    return row_weights * scale[..., None, None], col_weights
 
 
 def roi_align(features: jax.Array, boxes: jax.Array, output_size: int | Sequence[int],
@@ -169,35 +214,10 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int | Sequence
     if features.ndim != 4:
         raise ValueError(f"features must be [batch, height, width, channels], got {features.shape}")
     batch, height, width, _ = features.shape
-    if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
-        raise ValueError(f"boxes must be [batch={batch}, max_boxes, 4], got {boxes.shape}")
-    out_h, out_w = _pair(output_size, "output_size")
-    if not isinstance(sampling_ratio, numbers.Integral):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    sampling_ratio = int(sampling_ratio)
-    if sampling_ratio > 0:
-        samples_h = samples_w = sampling_ratio
-    elif max_adaptive_samples is None:
-        samples_h, samples_w = math.ceil((height + 1) / out_h), math.ceil((width + 1) / out_w)
-    else:
-        samples_h, samples_w = _pair(max_adaptive_samples, "max_adaptive_samples")
-
-    boxes = boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32))
-    if box_mask is not None:
-        if box_mask.shape != boxes.shape[:2]:
-            raise ValueError(f"box_mask must be {boxes.shape[:2]}, got {box_mask.shape}")
-        # Padding boxes become zeros before any arithmetic, so NaN/inf padding cannot leak through
-        # 0 * NaN into the output or the gradients.
-        boxes = jnp.where(box_mask[..., None], boxes, 0.0)
-    scaled = _rounded(boxes * jnp.asarray(spatial_scale, boxes.dtype))  # no FMA with the shift
-    x1, y1, x2, y2 = (scaled[..., i] for i in range(4))
-    row_weights, grid_h = _axis_weights(y1, y2, out_h, height, sampling_ratio, samples_h, aligned)
-    col_weights, grid_w = _axis_weights(x1, x2, out_w, width, sampling_ratio, samples_w, aligned)
-
-    scale = 1.0 / jnp.maximum(grid_h * grid_w, 1).astype(row_weights.dtype)  # [batch, boxes]
-    if box_mask is not None:
-        scale = jnp.where(box_mask, scale, 0.0)
-    row_weights = row_weights * scale[..., None, None]
+    row_weights, col_weights = _bin_weights(boxes, batch, height, width, height, width, output_size,
+                                            spatial_scale, sampling_ratio, aligned, box_mask,
+                                            max_adaptive_samples)
+    out_h, out_w = row_weights.shape[2], col_weights.shape[2]
 
     compute_dtype = jnp.promote_types(features.dtype, row_weights.dtype)
     values = features.astype(compute_dtype)
@@ -214,3 +234,56 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int | Sequence
         pooled = jnp.einsum("bnqw,bhwc->bnhqc", col_weights, values, precision=precision)
         pooled = jnp.einsum("bnhqc,bnph->bnpqc", pooled, row_weights, precision=precision)
     return pooled.astype(features.dtype)
+
+
+def roi_align_tokens(tokens: jax.Array, grid_shapes: jax.Array, boxes: jax.Array,
+                     output_size: int | Sequence[int], spatial_scale: float = 1.0, sampling_ratio: int = -1,
+                     aligned: bool = True, box_mask: jax.Array | None = None,
+                     max_grid: int | Sequence[int] | None = None,
+                     max_adaptive_samples: int | Sequence[int] | None = None,
+                     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST) -> jax.Array:
+    """`roi_align` over token sequences whose images each have their own patch grid (NaFlex).
+
+    tokens: [batch, max_tokens, channels]; image b's first `h_b * w_b` tokens are its (h_b, w_b) grid,
+      row-major, and the rest is padding (ignored, NaN allowed). grid_shapes: [batch, 2] int (h, w),
+      e.g. SigLIP 2's `spatial_shapes`. Boxes, output_size, spatial_scale, sampling_ratio, aligned and
+      box_mask as `roi_align`, in image b's own cells (FG-CLIP 2 scales normalised x by w_b, y by h_b).
+    Equal to `roi_align` run image by image on `tokens[b, :h*w].reshape(h, w, channels)`, with the
+    borders at each image's own h and w, under one static shape for jit.
+    max_grid: static bound (rows, cols) on every image's grid, an int or a pair; default
+      (max_tokens, max_tokens), which holds for any grid of at most max_tokens patches. Tokens in
+      rows or columns past the bound get no weight, so a tighter bound must hold for the data. The
+      adaptive-sampling bound defaults to it as in `roi_align` (`ceil((rows + 1) / out_h)`, ...).
+    Cost per box: the per-axis weights are O(out * samples * bound) elementwise (reduced as produced),
+    then a gather to [out_h, out_w, max_tokens] weights and one contraction with the tokens; at 1x1
+    output and the default bound about max_tokens^2 elementwise work per box and axis.
+    Returns [batch, max_boxes, out_h, out_w, channels] in the tokens' dtype.
+    """
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens must be [batch, max_tokens, channels], got {tokens.shape}")
+    batch, max_tokens, _ = tokens.shape
+    if grid_shapes.shape != (batch, 2):
+        raise ValueError(f"grid_shapes must be [batch={batch}, 2] (rows, cols), got {grid_shapes.shape}")
+    num_rows, num_cols = _pair(max_tokens if max_grid is None else max_grid, "max_grid")
+    rows = grid_shapes[:, 0].astype(jnp.int32)
+    cols = jnp.maximum(grid_shapes[:, 1].astype(jnp.int32), 1)
+    row_weights, col_weights = _bin_weights(boxes, batch, rows, cols, num_rows, num_cols, output_size,
+                                            spatial_scale, sampling_ratio, aligned, box_mask,
+                                            max_adaptive_samples)
+    # Token n of image b sits at row n // w_b, column n % w_b; padding and out-of-bound tokens get 0.
+    index = jnp.arange(max_tokens, dtype=jnp.int32)[None, :]                # [1, max_tokens]
+    token_row, token_col = index // cols[:, None], index % cols[:, None]     # [batch, max_tokens]
+    inside = (index < (rows * cols)[:, None]) & (token_row < num_rows) & (token_col < num_cols)
+
+    def spread(weights: jax.Array, cell: jax.Array, size: int) -> jax.Array:
+        # [batch, boxes, out, size] -> [batch, boxes, out, max_tokens]: each token's cell weight
+        cell = jnp.broadcast_to(jnp.minimum(cell, size - 1)[:, None, None, :],
+                                weights.shape[:3] + (max_tokens,))
+        return jnp.where(inside[:, None, None, :], jnp.take_along_axis(weights, cell, axis=-1), 0.0)
+
+    compute_dtype = jnp.promote_types(tokens.dtype, row_weights.dtype)
+    token_weights = (spread(row_weights, token_row, num_rows)[:, :, :, None, :]
+                     * spread(col_weights, token_col, num_cols)[:, :, None, :, :]).astype(compute_dtype)
+    values = jnp.where(inside[..., None], tokens.astype(compute_dtype), 0.0)
+    pooled = jnp.einsum("bmpqn,bnc->bmpqc", token_weights, values, precision=precision)
+    return pooled.astype(tokens.dtype)
