@@ -124,6 +124,8 @@ def region_text_data(data: ml_collections.ConfigDict, image_mode: str, image_siz
         from vlalign_jax.data.sources.synthetic import SyntheticShapes, SyntheticShapesConfig
 
         side = data.get("synthetic_image_size", image_size)
+        if side <= 0:
+            raise ValueError("data.synthetic_image_size must be set: NaFlex images have no fixed model size")
         shapes = SyntheticShapesConfig(image_size=side, max_objects=data.max_objects,
                                        num_region_negatives=num_negatives)
         fields = ("image", "caption", "long_caption", "boxes", "box_mask", "region_short", "region_long",

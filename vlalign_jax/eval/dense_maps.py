@@ -1,10 +1,13 @@
-"""Patch-text similarity heatmaps of a dense-feature model (FG-CLIP 1: `encode_image_dense`,
-research/fgclip.md 1.3), drawn over the image as a PNG: `vlalign dense --image IMG --text "..."`.
+"""Patch-text similarity heatmaps of a dense-feature model, drawn over the image as a PNG:
+`vlalign dense --image IMG --text "..."` (research/fgclip.md 1.3, 2.4).
 
-The dense map [h, w, D] lives in the projected image space that region captions are trained against
-(short walk, `text_projection`), so each patch's cosine similarity to a caption's embedding says
-where the model finds the caption. The map covers the whole image (the square resize crops nothing),
-so stretching it back to the image's size puts every cell over the pixels it saw.
+The dense map [h, w, D] is compared with the caption's embedding on the walk its features are trained
+against: FG-CLIP 1's `encode_image_dense` lives in the projected space of region captions (short walk,
+`text_projection`); FG-CLIP 2's `dense_feature_head` is trained against box captions through
+`boxtext_head` (box walk; the maintainers pair them too, issue #44). Each patch's cosine similarity
+says where the model finds the caption. The map covers the whole image (FG-CLIP 1's square resize and
+FG-CLIP 2's NaFlex resize, which keeps the aspect ratio up to whole patches, crop nothing), so
+stretching it back to the image's size puts every cell over the pixels it saw.
 
 Rendering uses PIL and numpy only: the map is min-max scaled to [0, 1] (or a given range), upsampled
 bilinearly to the image size, coloured with `colormap` (black -> violet -> red -> orange -> pale
@@ -78,26 +81,31 @@ def render_heatmap(image: Image.Image, heatmap: np.ndarray, path: str | Path | N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vlalign dense`."""
-    parser.add_argument("--checkpoint", required=True, help="FG-CLIP checkpoint (any converter family) or "
-                        "training workdir")
+    from vlalign_jax.eval.region_encoders import add_encoder_arguments
+
+    parser.add_argument("--checkpoint", required=True, help="FG-CLIP 1 or 2 checkpoint (any converter family) "
+                        "or training workdir")
     parser.add_argument("--family", default=None, help="checkpoint family (default: guessed)")
     parser.add_argument("--image", required=True, help="the image")
     parser.add_argument("--text", required=True, help="the caption to locate")
     parser.add_argument("--out", default="heat.png", help="PNG to write (default heat.png)")
-    parser.add_argument("--walk", default="short", choices=("short", "box", "long"),
-                        help="text walk (default short: the space the dense features are trained in)")
+    parser.add_argument("--walk", default=None, choices=("short", "box", "long"),
+                        help="text walk (default: the one the dense features are trained against, short for "
+                             "FG-CLIP 1 and box for FG-CLIP 2)")
     parser.add_argument("--alpha", type=float, default=0.6, help="weight of the heatmap over the image")
+    add_encoder_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlalign_jax.eval.region_encoders import load_region_model, region_encoders
+    from vlalign_jax.eval.region_encoders import encoders_from_args
 
-    encoders = region_encoders(*load_region_model(args.checkpoint, args.family))
+    encoders = encoders_from_args(args)
+    walk = args.walk or encoders.dense_walk
     with Image.open(args.image) as image:
         image = image.convert("RGB")
-    heat = similarity_heatmap(encoders.encode_dense(image), encoders.encode_texts([args.text], args.walk)[0])
+    heat = similarity_heatmap(encoders.encode_dense(image), encoders.encode_texts([args.text], walk)[0])
     render_heatmap(image, heat, args.out, args.alpha)
     row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    print(f"wrote {args.out} ({image.width}x{image.height}; {heat.shape[0]}x{heat.shape[1]} patches, cosine "
-          f"{heat.min():.3f} to {heat.max():.3f}, hottest patch row {row} column {col})")
+    print(f"wrote {args.out} ({image.width}x{image.height}; {heat.shape[0]}x{heat.shape[1]} patches, {walk} "
+          f"walk, cosine {heat.min():.3f} to {heat.max():.3f}, hottest patch row {row} column {col})")
     return 0

@@ -249,6 +249,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vlalign fine-grained`."""
+    from vlalign_jax.eval.region_encoders import add_encoder_arguments
+
     parser.add_argument("--task", required=True, choices=TASKS,
                         help="fgovd: FG-OVD box captions; sharegpt4v / dci: long-caption retrieval; "
                              "boxcls: box classification from a COCO instances JSON")
@@ -258,9 +260,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "densely_captioned_images/annotations; boxcls: instances_val2017.json")
     parser.add_argument("--images", required=True, help="image root (fgovd/boxcls: the COCO root, e.g. "
                         "data/coco or data/coco/val2017 for boxcls; dci: the SA-1B photos folder)")
-    parser.add_argument("--checkpoint", required=True, help="FG-CLIP checkpoint (any converter family) or "
-                        "training workdir")
+    parser.add_argument("--checkpoint", required=True, help="FG-CLIP 1 or 2 checkpoint (any converter family) "
+                        "or training workdir")
     parser.add_argument("--family", default=None, help="checkpoint family (default: guessed)")
+    add_encoder_arguments(parser)
     parser.add_argument("--subsets", nargs="*", default=None, help="fgovd: only these subsets (hard, ...)")
     parser.add_argument("--limit", type=int, default=formats.SHAREGPT4V_LIMIT,
                         help="sharegpt4v: the first N records (default 1000; 0 = all)")
@@ -273,9 +276,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlalign_jax.eval.region_encoders import load_region_model, region_encoders
+    from vlalign_jax.eval.region_encoders import encoders_from_args
 
-    encoders = region_encoders(*load_region_model(args.checkpoint, args.family), batch_size=args.batch_size)
+    encoders = encoders_from_args(args, batch_size=args.batch_size)
     if args.task == "fgovd":
         results = fgovd_accuracy(args.data, args.images, encoders.encode_regions, encoders.encode_texts,
                                  args.subsets, batch_size=args.batch_size)

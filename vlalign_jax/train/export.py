@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from vlalign_jax.models.clip import ClipConfig
+from vlalign_jax.models.siglip import SiglipConfig
 from vlalign_jax.train.checkpoint import load_params
 
 MODEL_CONFIG_FILE = "model.json"
 
 
 def save_model_config(model: Any, workdir: str | Path) -> Path | None:
-    """Record the architecture of a CLIP-family model beside the checkpoints (others: nothing)."""
+    """Record the architecture of a CLIP- or SigLIP-family model beside the checkpoints (others: nothing)."""
     config = getattr(model, "config", None)
-    if not isinstance(config, ClipConfig):
+    if not isinstance(config, (ClipConfig, SiglipConfig)):
         return None
     from vlalign_jax.converters.families import model_kind
 
@@ -30,7 +31,7 @@ def save_model_config(model: Any, workdir: str | Path) -> Path | None:
     return path
 
 
-def load_model_config(workdir: str | Path) -> ClipConfig:
+def load_model_config(workdir: str | Path) -> ClipConfig | SiglipConfig:
     path = Path(workdir) / MODEL_CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir (written by `vlalign train`)?")
@@ -41,7 +42,7 @@ def load_model_config(workdir: str | Path) -> ClipConfig:
 
 
 def export_run(workdir: str | Path, dst: str | Path, family: str, step: int | None = None,
-               dtype: str | None = None, overwrite: bool = False) -> ClipConfig:
+               dtype: str | None = None, overwrite: bool = False) -> ClipConfig | SiglipConfig:
     """Write the run's params (no teacher, no optimizer state) as a `family` checkpoint at `dst`."""
     from vlalign_jax import converters
 
