@@ -72,3 +72,26 @@ def test_matches_optax_adamw_without_groups():
         u_ref, s_ref = ref.update(grads, s_ref, p)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u_ours, u_ref)
         p = optax.apply_updates(p, u_ref)
+
+
+def test_hugging_face_trainer_decay_rule():
+    """FG-CLIP's released rule: all but LayerNorm parameters and names containing "bias"."""
+    params = {"layer_norm1": {"scale": jnp.ones(3), "bias": jnp.ones(3)},
+              "fc": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)},
+              "embeddings": {"position_embedding": jnp.ones((5, 3)), "class_embedding": jnp.ones(3)},
+              "logit_scale": jnp.asarray(1.0), "logit_bias": jnp.asarray(1.0)}
+    optim = {**BASE, "decay_rule": "all_but_norms_and_biases"}
+    tx = make_optimizer(optim, 10, params)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    decayed = jax.tree.map(lambda u: bool(np.all(np.asarray(u) != 0.0)), updates)
+    assert decayed == {"layer_norm1": {"scale": False, "bias": False}, "fc": {"kernel": True, "bias": False},
+                       "embeddings": {"position_embedding": True, "class_embedding": True},
+                       "logit_scale": True, "logit_bias": False}
+
+
+def test_warmup_fraction_rounds_up_as_hugging_face():
+    from vlalign_jax.train.optim import schedule_from_config
+
+    schedule = schedule_from_config({"lr": 1.0, "warmup_steps": 0, "warmup_fraction": 0.03}, 1000)
+    np.testing.assert_allclose([schedule(15), schedule(30)], [0.5, 1.0], rtol=1e-6)  # ceil(0.03 * 1000) = 30
+    assert float(schedule(31)) < 1.0

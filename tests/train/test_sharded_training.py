@@ -113,3 +113,10 @@ def test_ring_sigmoid_loss_trains_like_the_dense_one():
     np.testing.assert_allclose(runs[1][2], runs[0][2], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  jax.device_get(runs[1][1].params), jax.device_get(runs[0][1].params))
+
+
+def test_a_batch_the_mesh_cannot_split_is_refused_by_name():
+    with pytest.raises(ValueError, match="train.batch_size=12 must be divisible by the 8 batch shards"):
+        setup_run(small_config(**{"train.batch_size": 12}))
+    with pytest.raises(ValueError, match="times train.accum_steps=4"):
+        setup_run(small_config(**{"train.batch_size": 16, "train.accum_steps": 4}))

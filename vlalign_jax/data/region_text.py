@@ -7,7 +7,8 @@ Per example the pipeline yields (research/fgclip.md sections 3.8, 4.1, 4.3):
   `PIL.resize`), CLIP mean/std, `pixels` [S, S, 3]. FG-CLIP 2 (`image_mode="naflex"`): SigLIP 2 NaFlex
   patches at one `max_num_patches` bucket (`pixel_values`, `pixel_attention_mask`, `spatial_shapes`);
   the reference picks a bucket per batch, which here would recompile per bucket, so the bucket is a
-  config value.
+  config value. With `data.min_image_side` (released: 128) smaller images are first resized to a
+  `data.small_image_size` square (512), as the reference does.
 - texts: `short_tokens` [Ls] (the short caption), `long_tokens` [Ll], `region_tokens` [M, Ls] (each box's
   short or long description, drawn at random per step as the reference does), `negative_tokens`
   [M, K, Ls] with `negative_mask` [M, K].
@@ -46,6 +47,10 @@ class RegionTextData:
     max_boxes: int
     num_negatives: int
     long_region_probability: float = 0.5  # chance a box is described by its long expression
+    # NaFlex: an image with a side under `min_image_side` px is first resized to a square of
+    # `small_image_size` px (FG-CLIP 2's `box_image_size` rule, 128 -> 512); 0 = off
+    min_image_side: int = 0
+    small_image_size: int = 512
 
     def image_arrays(self, image: Any) -> dict[str, np.ndarray]:
         if isinstance(image, np.ndarray):
@@ -56,6 +61,8 @@ class RegionTextData:
             return {"pixels": to_normalized_array(image.convert("RGB"), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
         from vlalign_jax.data.naflex import naflex_preprocess
 
+        if self.min_image_side and min(image.size) < self.min_image_side:
+            image = image.resize((self.small_image_size, self.small_image_size), Image.Resampling.BICUBIC)
         out = naflex_preprocess(image, self.patch_size, self.max_num_patches)
         return {"pixel_values": out["pixel_values"], "pixel_attention_mask": out["pixel_attention_mask"],
                 "spatial_shapes": out["spatial_shapes"]}
@@ -145,4 +152,5 @@ def region_text_data(data: ml_collections.ConfigDict, image_mode: str, image_siz
         raise ValueError(f"unknown data.name {data.name!r} for region-text training; available: {REGION_SOURCES}")
     short, long, vocab_size = _tokenizers(data, short_length, long_length, vocabulary)
     return RegionTextData(train, heldout, short, long, vocab_size, image_mode, image_size, patch_size,
-                          max_num_patches, max_boxes, num_negatives, data.get("long_region_probability", 0.5))
+                          max_num_patches, max_boxes, num_negatives, data.get("long_region_probability", 0.5),
+                          data.get("min_image_side", 0), data.get("small_image_size", 512))

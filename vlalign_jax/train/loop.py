@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ from vlalign_jax.data.records import RecordErrors
 from vlalign_jax.methods import Method, make_method
 from vlalign_jax.parallel import distributed
 from vlalign_jax.parallel.mesh import make_mesh
-from vlalign_jax.parallel.rules import LOGICAL_AXIS_RULES, batch_sharding, replicated
+from vlalign_jax.parallel.rules import BATCH_AXES, LOGICAL_AXIS_RULES, batch_sharding, replicated
 from vlalign_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from vlalign_jax.train.config import save_config
 from vlalign_jax.train.export import save_model_config
@@ -109,6 +110,10 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     step_fn = make_train_step(method, optimizer, tc.get("accum_steps", 1), tc.get("ema_decay", 0.0),
                               tc.get("skip_nonfinite", False), schedule)
     data_sharding = batch_sharding(mesh)
+    shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+    if tc.batch_size % (shards * tc.get("accum_steps", 1)):
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {shards} batch shards of the "
+                         f"mesh (data x fsdp) times train.accum_steps={tc.get('accum_steps', 1)}")
     jitted = jax.jit(step_fn, in_shardings=(shardings, {k: data_sharding for k in method.batch_fields}),
                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     return Run(config, method, mesh, optimizer, abstract, shardings, data_sharding, jitted, schedule)

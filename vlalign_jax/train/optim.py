@@ -7,6 +7,7 @@ expressions matched with `re.fullmatch`, first match wins.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -21,11 +22,32 @@ def path_str(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def decays(path: str, ndim: int, position_embeddings: bool = False) -> bool:
-    """Weight decay on matrices only: not biases, norms, class embeddings or scalars; position
+DECAY_RULES = ("matrices", "all_but_norms_and_biases")
+
+
+def decays(path: str, ndim: int, position_embeddings: bool = False, rule: str = "matrices") -> bool:
+    """Whether weight decay applies to the parameter at `path`.
+
+    `matrices` (default): matrices only, not biases, norms, class embeddings or scalars; position
     embeddings only with `position_embeddings=True` (open_clip's and DeGLA's rule: every tensor of
-    two or more dimensions, `optim.decay_position_embeddings`)."""
+    two or more dimensions, `optim.decay_position_embeddings`).
+    `all_but_norms_and_biases`: the Hugging Face Trainer's rule, used by FG-CLIP 1 and 2's released
+    training: everything except LayerNorm parameters (our leaves named `scale`) and any parameter
+    whose name contains "bias" (so `logit_bias` is spared but `logit_scale`, embeddings and the
+    class embedding are decayed).
+    """
+    if rule == "all_but_norms_and_biases":
+        return "bias" not in path and path.rsplit("/", 1)[-1] != "scale"
+    if rule != "matrices":
+        raise ValueError(f"unknown optim.decay_rule {rule!r}; expected one of {DECAY_RULES}")
     return ndim >= 2 and (position_embeddings or "position_embedding" not in path)
+
+
+def warmup_steps(optim: Mapping[str, Any], total_steps: int) -> int:
+    """`optim.warmup_steps`, or when `optim.warmup_fraction` > 0, ceil(fraction * total_steps) (the
+    Hugging Face Trainer's `warmup_ratio`, FG-CLIP 2's recipe)."""
+    fraction = optim.get("warmup_fraction", 0.0)
+    return math.ceil(fraction * total_steps) if fraction > 0 else optim["warmup_steps"]
 
 
 def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int,
@@ -40,7 +62,7 @@ def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int,
 
 def schedule_from_config(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     """The learning-rate schedule `config.optim` describes (the optimizer and the logged lr share it)."""
-    return learning_rate_schedule(optim["lr"], optim["warmup_steps"], total_steps,
+    return learning_rate_schedule(optim["lr"], warmup_steps(optim, total_steps), total_steps,
                                   optim.get("final_lr_fraction", 0.0))
 
 
@@ -60,13 +82,15 @@ def param_labels(params: Any, lr_multipliers: Mapping[str, float], freeze: Seque
 
 
 def make_optimizer(optim: Mapping[str, Any], total_steps: int, params: Any) -> optax.GradientTransformation:
-    """Build the chain from `config.optim` (lr, warmup_steps, weight_decay, b1, b2, eps, max_grad_norm,
-    final_lr_fraction, lr_multipliers, freeze)."""
+    """Build the chain from `config.optim` (lr, warmup_steps or warmup_fraction, weight_decay, decay_rule,
+    decay_position_embeddings, b1, b2, eps, max_grad_norm, final_lr_fraction, lr_multipliers, freeze)."""
     labels = param_labels(params, dict(optim.get("lr_multipliers", {})), tuple(optim.get("freeze", ())))
     schedule = schedule_from_config(optim, total_steps)
     position = bool(optim.get("decay_position_embeddings", False))
+    rule = optim.get("decay_rule", "matrices")
+    decays("", 0, position, rule)  # an unknown rule fails here, before any step
     decay_mask = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, x: decays(path_str(path), x.ndim, position), p)
+        lambda path, x: decays(path_str(path), x.ndim, position, rule), p)
 
     def group(multiplier: float) -> optax.GradientTransformation:
         return optax.chain(
