@@ -101,7 +101,7 @@ def test_dense_command_writes_the_heatmap_over_the_image(tmp_path, capsys):
     out = tmp_path / "out" / "heat.png"
     assert main(["dense", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "photo.png"),
                  "--text", "a red square", "--out", str(out)]) == 0
-    assert "4x4 patches" in capsys.readouterr().out
+    assert "4x4 patches, short walk" in capsys.readouterr().out  # FG-CLIP 1's dense map pairs with short text
     with Image.open(out) as png:
         assert png.size == (48, 30) and png.format == "PNG"
         written = np.asarray(png.convert("RGB"))

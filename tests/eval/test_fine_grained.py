@@ -513,7 +513,8 @@ def test_fine_grained_command_other_tasks(tmp_path, tiny_fgclip):
     fine_grained.add_arguments(parser)
     for task, data, images, extra in (
             ("sharegpt4v", "share.json", "sam", ["--limit", "0"]), ("dci", "dci", "sam", []),
-            ("boxcls", "instances.json", "coco/val2017", ["--no-crowd", "--templates", str(tmp_path / "templates.txt")])):
+            ("boxcls", "instances.json", "coco/val2017",
+             ["--no-crowd", "--templates", str(tmp_path / "templates.txt")])):
         out = tmp_path / f"{task}.json"
         args = parser.parse_args(["--task", task, "--data", str(tmp_path / data), "--images", str(tmp_path / images),
                                   "--checkpoint", str(tiny_fgclip), "--batch-size", "8", "--out", str(out), *extra])

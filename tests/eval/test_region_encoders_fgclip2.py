@@ -4,7 +4,8 @@ A tiny random FG-CLIP 2 (SigLIP 2 NaFlex, 4 px patches) is saved as a Hugging Fa
 tokenizer files (a word-level tokenizer behind the Gemma tokenizer's loader). `region_encoders` must
 equal the model applied by hand: NaFlex inputs rebuilt here from PIL bilinear, the dense rows of the
 image's own (h, w) grid, a loop-by-loop numpy RoIAlign on that grid, and `get_text_features` on each
-walk with the tokenizer's ids and padding mask. A tiny FG-CLIP 1 training run stands for a workdir.
+walk with the tokenizer's ids and padding mask. Workdirs: a two-step FG-CLIP 1 training run (word
+tokenizer), and an FG-CLIP 2 run's files written with the trainer's own writers (model.json, checkpoint).
 """
 
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 from PIL import Image
 from test_fine_grained import make_fgovd, roi_align_1x1
 
@@ -30,13 +32,15 @@ from vlalign_jax.eval.region_encoders import load_region_model, load_tokenizer, 
 from vlalign_jax.models.fgclip import FGCLIP
 from vlalign_jax.models.fgclip2 import FGCLIP2, abstract_params, fgclip2_config_from_siglip
 from vlalign_jax.models.siglip_configs import get_siglip_config
+from vlalign_jax.train.checkpoint import Checkpointer
+from vlalign_jax.train.export import save_model_config
 
 pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "a", "photo", "of", "the", "red", "green", "blue", "square",
          "ball", "car", "cup", "on", "left", "right", "long", "caption", "."]
-BUDGET = 48  # patches per image in most tests: grids like 6 x 8 of 4 px patches
+BUDGET = 48  # patches per image in most tests: a 37 x 22 px image becomes a 5 x 9 grid of 4 px patches
 PATCH = 4
 FGCLIP_SHAPES = Path(__file__).resolve().parents[2] / "configs" / "fgclip" / "shapes.py"
 
@@ -59,8 +63,14 @@ def tiny_model():
 
 
 def random_params(model, seed=0):
+    """N(0, 0.2) everywhere but the dense head's queries and keys (N(0, 3)): peaked attention, so patches
+    differ by a few percent rather than 1e-4 and a wrongly mapped box or grid shows."""
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), abstract_params(model.config))
+    params = traverse_util.flatten_dict(abstract_params(model.config), sep="/")
+    sharp = lambda key: key.startswith("dense_feature_head/attention/") and key.endswith(("q_proj/kernel",
+                                                                                           "k_proj/kernel"))
+    return traverse_util.unflatten_dict({k: rng.normal(0, 3.0 if sharp(k) else 0.2, v.shape).astype(np.float32)
+                                         for k, v in params.items()}, sep="/")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +83,11 @@ def fgclip2_folder(tmp_path_factory):
 
 
 def random_image(width, height, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    """Horizontal and vertical ramps and a checkerboard, plus noise: every patch looks different."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    pixels = np.stack([255 * cols / width, 255 * rows / height, 255 * ((cols // 6 + rows // 6) % 2)], axis=-1)
+    pixels += np.random.default_rng(seed).normal(0, 10, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def reference_inputs(image, budget):
@@ -201,7 +215,7 @@ def test_fgclip2_without_tokenizer_files_needs_one(fgclip2_folder, tmp_path):
     converters.save(model, params, tmp_path / "bare", "hf")  # weights and config.json only
     with pytest.raises(ValueError, match="holds no tokenizer files"):
         load_tokenizer(tmp_path / "bare", model)
-    with pytest.raises(ValueError, match="holds no tokenizer files"):
+    with pytest.raises(ValueError, match="no checkpoint folder was given"):
         region_encoders(model, params)
     assert isinstance(load_tokenizer(tmp_path / "bare", model, f"gemma:{fgclip2_folder}"), GemmaTokenizer)
     with pytest.raises(ValueError, match="unknown tokenizer 'bpe'"):
@@ -239,12 +253,36 @@ def test_workdir_configs_name_the_tokenizer(fgclip2_folder, tmp_path):
     gemma = load_tokenizer(run({"name": "finehard", "tokenizer": "gemma", "tokenizer_path": str(fgclip2_folder)}),
                            model)
     assert isinstance(gemma, GemmaTokenizer) and gemma.vocab_size == len(WORDS)
+    with pytest.raises(ValueError, match="names no data.tokenizer_path"):
+        load_tokenizer(run({"name": "finehard", "tokenizer": "gemma"}), model)
     with pytest.raises(ValueError, match="only known for synthetic_shapes"):
         load_tokenizer(run({"name": "finehard", "tokenizer": "words"}), model)
     with pytest.raises(ValueError, match=r"the words tokenizer from .*config.json \(data.tokenizer\) has 34 ids"):
         load_tokenizer(run({"name": "synthetic_shapes", "tokenizer": "words"}), model)
     with pytest.raises(ValueError, match="the clip tokenizer from .* has 49408 ids"):
         load_tokenizer(run({"name": "finehard", "tokenizer": "clip"}), model)
+
+
+def test_fgclip2_workdir_takes_its_budget_and_tokenizer_from_its_config(fgclip2_folder, tmp_path, capsys):
+    """A run's model.json, config.json and checkpoint, written by the trainer's own writers."""
+    model = tiny_model()
+    workdir = tmp_path / "run"
+    save_model_config(model, workdir)
+    (workdir / "config.json").write_text(json.dumps({"data": {
+        "name": "finehard", "tokenizer": "gemma", "tokenizer_path": str(fgclip2_folder), "max_num_patches": 24}}))
+    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer.save(1, {"params": random_params(model)}, None, {})
+    checkpointer.close()
+    image = random_image(45, 28, 7)
+    image.save(tmp_path / "photo.png")
+    assert main(["dense", "--checkpoint", str(workdir), "--image", str(tmp_path / "photo.png"),
+                 "--text", "a red square", "--out", str(tmp_path / "heat.png")]) == 0
+    rows, cols = (int(v) for v in reference_inputs(image, 24)[2])
+    assert f"{rows}x{cols} patches, box walk" in capsys.readouterr().out
+    assert main(["dense", "--checkpoint", str(workdir), "--image", str(tmp_path / "photo.png"),
+                 "--text", "a red square", "--out", str(tmp_path / "heat.png"), "--max-num-patches", "dynamic"]) == 0
+    rows, cols = (int(v) for v in reference_inputs(image, 128)[2])  # (45 // 4) * (28 // 4) = 77 -> 128
+    assert f"{rows}x{cols} patches, box walk" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ class GemmaTokenizer:
                  padding_side: str | None = "right"):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Gemma tokenizer folder not found: {path}")
-        self._tokenizer = _auto_tokenizer().from_pretrained(os.fspath(path), local_files_only=True)
+        self._tokenizer = _auto_tokenizer().from_pretrained(os.fspath(path), local_files_only=True,
+                                                            trust_remote_code=False)  # never prompt or run folder code
         if padding_side is not None:
             self._tokenizer.padding_side = padding_side
         if self._tokenizer.pad_token_id is None:
