@@ -4,7 +4,7 @@
     model.apply({"params": params}, pixels, method="encode_image")
     vlalign_jax.converters.save(model, params, "out_hf", family="hf")
 
-Families: openai, open_clip, hf, degla, flax (ours). See `families.py` for the on-disk layouts.
+Families: openai, open_clip, hf, degla, flax (ours), fgclip, clipvg. See `families.py` for the on-disk layouts.
 """
 
 from __future__ import annotations
@@ -67,11 +67,14 @@ def convert(src: str | Path, dst: str | Path, src_family: str | None, dst_family
 
 
 def model_for(config: Any) -> nn.Module:
-    """The module a config describes: FG-CLIP 1 or 2, SigLIP 2 or CLIP."""
+    """The module a config describes: CLIP-VG, FG-CLIP 1 or 2, SigLIP 2 or CLIP."""
     from vlalign_jax.models.fgclip import FGCLIP, FgClipConfig
     from vlalign_jax.models.fgclip2 import FGCLIP2, Fgclip2Config
+    from vlalign_jax.models.grounding import CLIPVG, GroundingConfig
     from vlalign_jax.models.siglip import SigLIP, SiglipConfig
 
+    if isinstance(config, GroundingConfig):
+        return CLIPVG(config)
     if isinstance(config, Fgclip2Config):
         return FGCLIP2(config)
     if isinstance(config, SiglipConfig):

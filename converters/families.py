@@ -8,6 +8,8 @@
 | hf        | folder: `config.json` + `model.safetensors`/`pytorch_model.bin` | Hugging Face   |
 | degla     | `{"epoch", "name", "state_dict": {"module.…"}, "optimizer", …}` | OpenAI         |
 | flax      | folder: `vlalign_config.json` + orbax `params/`                 | ours           |
+| fgclip    | FG-CLIP 1 Hugging Face remote-code folder                       | Hugging Face   |
+| clipvg    | CLIP-VG `{"model": state_dict, "epoch", "args", ...}` `.pth`      | CLIP-VG        |
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from vlalign_jax.models.clip import ClipConfig, abstract_params
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("openai", "open_clip", "hf", "degla", "flax", "fgclip")
+FAMILIES = ("openai", "open_clip", "hf", "degla", "flax", "fgclip", "clipvg")
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
 FLAX_CONFIG = "vlalign_config.json"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -77,6 +79,10 @@ def detect_family(path: Path) -> str:
         if path.suffix == ".safetensors":
             return "open_clip"
         if path.suffix in TORCH_SUFFIXES:
+            from vlalign_jax.converters import clipvg
+
+            if clipvg.is_clipvg_file(path):
+                return "clipvg"
             obj = load_torch_object(path)
             if isinstance(obj, Mapping) and "state_dict" in obj and "epoch" in obj:
                 return "degla"
@@ -192,9 +198,17 @@ def _read_fgclip(path: Path, act: str | None) -> Checkpoint:
     return fgclip_hf.read(path, act)
 
 
+def _read_clipvg(path: Path, act: str | None) -> Checkpoint:
+    from vlalign_jax.converters import clipvg
+
+    state, meta = clipvg.load_state(path)
+    config, params = clipvg.params_from_state(state, None, meta.get("args"), str(path), np.float32)
+    return Checkpoint(config, params, {k: v for k, v in meta.items() if k == "epoch"})
+
+
 READERS: dict[str, Callable[[Path, str | None], Checkpoint]] = {
     "openai": read_openai, "open_clip": read_open_clip, "hf": read_hf, "degla": read_degla, "flax": read_flax,
-    "fgclip": _read_fgclip,
+    "fgclip": _read_fgclip, "clipvg": _read_clipvg,
 }
 
 
@@ -284,18 +298,30 @@ def _write_fgclip(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
     fgclip_hf.write(ckpt, path, overwrite)
 
 
+def _write_clipvg(ckpt: Checkpoint, path: Path, overwrite: bool) -> None:
+    from vlalign_jax.converters import clipvg
+
+    if model_kind(ckpt.config) != "clipvg":
+        raise ValueError(f"a {model_kind(ckpt.config)} model cannot be written as 'clipvg': that layout holds "
+                         "CLIP-VG grounding models only")
+    clipvg.write_clipvg(ckpt.config, ckpt.params, path, int(ckpt.meta.get("epoch", 0)), overwrite=overwrite)
+
+
 WRITERS: dict[str, Callable[[Checkpoint, Path, bool], None]] = {
     "openai": write_openai, "open_clip": write_open_clip, "hf": write_hf, "degla": write_degla,
-    "flax": write_flax, "fgclip": _write_fgclip,
+    "flax": write_flax, "fgclip": _write_fgclip, "clipvg": _write_clipvg,
 }
 
 
 def model_kind(config: Any) -> str:
-    """"fgclip" (FG-CLIP 1), "fgclip2" (FG-CLIP 2), "siglip2" (SigLIP 2 NaFlex) or "clip"."""
+    """"fgclip" (FG-CLIP 1), "fgclip2" (FG-CLIP 2), "siglip2" (SigLIP 2 NaFlex), "clipvg" (CLIP-VG) or "clip"."""
     from vlalign_jax.models.fgclip import FgClipConfig
     from vlalign_jax.models.fgclip2 import Fgclip2Config
+    from vlalign_jax.models.grounding import GroundingConfig
     from vlalign_jax.models.siglip import SiglipConfig
 
+    if isinstance(config, GroundingConfig):
+        return "clipvg"
     if isinstance(config, Fgclip2Config):
         return "fgclip2"
     if isinstance(config, SiglipConfig):
@@ -304,16 +330,18 @@ def model_kind(config: Any) -> str:
 
 
 # The converter module holding each non-CLIP kind's table (its `param_shapes`).
-_KIND_MODULES = {"fgclip": "fgclip_hf", "siglip2": "siglip2_hf", "fgclip2": "fgclip2_hf"}
+_KIND_MODULES = {"fgclip": "fgclip_hf", "siglip2": "siglip2_hf", "fgclip2": "fgclip2_hf", "clipvg": "clipvg"}
 
 
 def config_from_dict(kind: str, d: Mapping[str, Any]) -> Any:
     """The architecture saved under `kind` (a `model_kind` name): our flax format, a run's model.json."""
     from vlalign_jax.models.fgclip import FgClipConfig
     from vlalign_jax.models.fgclip2 import Fgclip2Config
+    from vlalign_jax.models.grounding import GroundingConfig
     from vlalign_jax.models.siglip import SiglipConfig
 
-    classes = {"clip": ClipConfig, "fgclip": FgClipConfig, "siglip2": SiglipConfig, "fgclip2": Fgclip2Config}
+    classes = {"clip": ClipConfig, "fgclip": FgClipConfig, "siglip2": SiglipConfig, "fgclip2": Fgclip2Config,
+               "clipvg": GroundingConfig}
     if kind not in classes:
         raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(classes)}")
     return classes[kind].from_dict(d)
