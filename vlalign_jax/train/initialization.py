@@ -50,8 +50,12 @@ def state_shardings(abstract: TrainState, boxed_params: Any, optimizer: optax.Gr
     """A TrainState-shaped tree of NamedShardings."""
     params = logical_shardings(boxed_params, mesh)
     repl = replicated(mesh)
-    opt_state = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract.opt_state, params,
-                                      transform_non_params=lambda _: repl)
+    # Frozen parameters (`optim.freeze`) have no moments: optax marks their slots with MaskedNode,
+    # which stays as it is.
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_state = optax.tree_map_params(optimizer, lambda x, sharding: x if masked(x) else sharding,
+                                      abstract.opt_state, params, transform_non_params=lambda _: repl,
+                                      is_leaf=masked)
     extras = {k: params if k == "ema_params" else jax.tree.map(lambda _: repl, v)
               for k, v in abstract.extras.items()}
     return TrainState(step=repl, params=params, opt_state=opt_state, rng=repl, extras=extras)

@@ -22,7 +22,7 @@ def path_str(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-DECAY_RULES = ("matrices", "all_but_norms_and_biases")
+DECAY_RULES = ("matrices", "all_but_norms_and_biases", "all")
 
 
 def decays(path: str, ndim: int, position_embeddings: bool = False, rule: str = "matrices") -> bool:
@@ -35,7 +35,10 @@ def decays(path: str, ndim: int, position_embeddings: bool = False, rule: str = 
     training: everything except LayerNorm parameters (our leaves named `scale`) and any parameter
     whose name contains "bias" (so `logit_bias` is spared but `logit_scale`, embeddings and the
     class embedding are decayed).
+    `all`: every parameter (plain AdamW over all trainable tensors, CLIP-VG's released training).
     """
+    if rule == "all":  # CLIP-VG's AdamW: every trainable tensor, biases and norms included
+        return True
     if rule == "all_but_norms_and_biases":
         return "bias" not in path and path.rsplit("/", 1)[-1] != "scale"
     if rule != "matrices":
