@@ -24,15 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from vlalign_jax.data.grounding import GroundingData, grounding_data
 from vlalign_jax.data.pipeline import eval_batches
+from vlalign_jax.eval.grounding import box_predictor, predict
 from vlalign_jax.losses.grounding import grounding_box_loss
 from vlalign_jax.methods.clip import DTYPES
 from vlalign_jax.methods.method import Method
 from vlalign_jax.models.grounding import CLIPVG, GROUNDING_CONFIGS, GroundingConfig
-from vlalign_jax.ops.boxes import box_cxcywh_to_xyxy, iou_pairs
 
 FIELDS = ("pixels", "pad_mask", "tokens", "box")
 
@@ -55,17 +54,12 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     return dataclasses.replace(base, clip=clip, **overrides)
 
 
-def predicted_xyxy(boxes: jax.Array) -> jax.Array:
-    """Normalised cxcywh -> xyxy clamped to the canvas [0, 1], as the reference's evaluation."""
-    return jnp.clip(box_cxcywh_to_xyxy(boxes.astype(jnp.float32)), 0.0, 1.0)
-
-
 def grounding_evaluators(model: nn.Module, data: GroundingData, config: ml_collections.ConfigDict
                          ) -> dict[str, Callable[[Any, dict], dict]]:
     """{"grounding": fn(params, extras) -> {"<split>/acc@0.5", "<split>/miou"}} over `data.evaluation`."""
     if not data.evaluation:
         return {}
-    predict = jax.jit(lambda params, b: model.apply({"params": params}, b["pixels"], b["tokens"], b["pad_mask"]))
+    predictor = box_predictor(model)
     batch_size, limit = config.eval.batch_size, config.eval.get("num_heldout") or None
 
     @functools.cache
@@ -73,14 +67,8 @@ def grounding_evaluators(model: nn.Module, data: GroundingData, config: ml_colle
         return eval_batches(data.evaluation[split], data.eval_preprocess, batch_size, limit)
 
     def grounding(params, extras) -> dict[str, float]:
-        results = {}
-        for split in data.evaluation:
-            ious = [np.asarray(iou_pairs(predicted_xyxy(predict(params, b)), box_cxcywh_to_xyxy(jnp.asarray(b["box"]))))
-                    for b in batches(split)]
-            iou = np.concatenate(ious)
-            results[f"{split}/acc@0.5"] = float(np.mean(iou >= 0.5))
-            results[f"{split}/miou"] = float(np.mean(iou))
-        return results
+        return {f"{split}/{name}": value for split in data.evaluation
+                for name, value in predict(predictor, params, batches(split)).metrics().items()}
 
     return {"grounding": grounding}
 
