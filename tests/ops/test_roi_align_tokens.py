@@ -78,8 +78,9 @@ def test_matches_torchvision_on_each_images_own_grid(output_size, sampling_ratio
 
 def test_a_tight_grid_bound_is_exact_when_it_holds():
     tokens, boxes, mask = _case()
-    default = roi_align_tokens(tokens, GRIDS, boxes, 1, box_mask=mask)
-    tight = roi_align_tokens(tokens, GRIDS, boxes, 1, box_mask=mask, max_grid=(6, 24))
+    pool = jax.jit(roi_align_tokens, static_argnames=("output_size", "max_grid"))
+    default = pool(tokens, GRIDS, boxes, 1, box_mask=mask)
+    tight = pool(tokens, GRIDS, boxes, 1, box_mask=mask, max_grid=(6, 24))
     np.testing.assert_allclose(tight, default, atol=1e-6)
 
 
@@ -90,10 +91,10 @@ def test_pool_token_regions_equals_square_pooling_per_image():
     corners = np.sort(rng.uniform(0.0, 1.0, (len(GRIDS), BOXES, 2, 2)), axis=2)
     normalized = np.concatenate([corners[:, :, 0], corners[:, :, 1]], -1).astype(np.float32)  # x1 y1 x2 y2
     mask = np.ones(normalized.shape[:2], bool)
-    ours = pool_token_regions(tokens, GRIDS, normalized, mask)
+    ours = jax.jit(pool_token_regions)(tokens, GRIDS, normalized, mask)
     for b, (h, w) in enumerate(GRIDS):
         grid = tokens[None, b, :h * w].reshape(1, h, w, CHANNELS)
-        expected = pool_regions(grid, normalized[None, b], mask[None, b])[0]
+        expected = jax.jit(pool_regions)(grid, normalized[None, b], mask[None, b])[0]
         np.testing.assert_allclose(ours[b], expected, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, atol=1e-5)
 
