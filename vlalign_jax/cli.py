@@ -30,40 +30,82 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_convert)
 
 
+def _towers(config) -> str:
+    """"vision 768w x12, text 512w x12" of any model config (CLIP-VG: its CLIP's)."""
+    config = getattr(config, "clip", config)
+    return (f"vision {config.vision.width}w x{config.vision.layers}, "
+            f"text {config.text.width}w x{config.text.layers}")
+
+
 def _run_convert(args: argparse.Namespace) -> int:
     from vlalign_jax import converters
 
     ckpt = converters.convert(args.src, args.dst, args.src_family, args.dst_family, args.dtype, args.act,
                               args.overwrite)
     n = sum(v.size for v in ckpt.params.values())
-    print(f"wrote {args.dst} ({args.dst_family}, {args.dtype}, {n / 1e6:.1f}M parameters, "
-          f"vision {ckpt.config.vision.width}w x{ckpt.config.vision.layers}, "
-          f"text {ckpt.config.text.width}w x{ckpt.config.text.layers})")
+    print(f"wrote {args.dst} ({args.dst_family}, {args.dtype}, {n / 1e6:.1f}M parameters, {_towers(ckpt.config)})")
     return 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from vlalign_jax.data.sources.grounding_splits import LAYOUTS  # light: no jax at parser build
+
     p = sub.add_parser(
-        "eval", help="compositional benchmarks (SugarCrepe, ARO, VALSE) of a checkpoint or run",
-        description="Score each benchmark item's positive caption against its negatives (cosine similarity; a "
-                    "tie is wrong) and report accuracy per subset and their average, as JSON and a markdown "
-                    "table. The data root holds the public files: see vlalign_jax/eval/compositional_formats.py.",
-        epilog="example: vlalign eval --suite sugarcrepe --data /data/bench --checkpoint degla_b32.pt")
-    p.add_argument("--suite", required=True, choices=("sugarcrepe", "aro", "valse"))
-    p.add_argument("--data", required=True, help="data root (e.g. DIR/sugarcrepe/*.json, DIR/coco/val2017/)")
+        "eval", help="compositional benchmarks (SugarCrepe, ARO, VALSE) or visual grounding of a checkpoint or run",
+        description="sugarcrepe/aro/valse: score each benchmark item's positive caption against its negatives "
+                    "(cosine similarity; a tie is wrong) and report accuracy per subset and their average; the data "
+                    "root holds the public files (see vlalign_jax/eval/compositional_formats.py). grounding: Acc@0.5 "
+                    "and mIoU per split of a CLIP-VG checkpoint or run on CLIP-VG / TransVG split files (--data is "
+                    "the split root), or on a synthetic-shapes run's held-out expressions, with an optional PNG of "
+                    "predicted (red) and ground-truth (green) boxes. Results print as a markdown table and, with "
+                    "--out, are written as JSON and .md.",
+        epilog="examples: vlalign eval --suite sugarcrepe --data /data/bench --checkpoint degla_b32.pt; "
+               "vlalign eval --suite grounding --dataset unc --data /data/split --data-root /data/ln_data "
+               "--checkpoint best_checkpoint.pth --grid unc.png")
+    p.add_argument("--suite", required=True, choices=("sugarcrepe", "aro", "valse", "grounding"))
+    p.add_argument("--data", default=None, help="data root (e.g. DIR/sugarcrepe/*.json, DIR/coco/val2017/); "
+                   "grounding: the split root (DIR/<dataset>/<dataset>_<split>.jsonl|.pth)")
     p.add_argument("--checkpoint", required=True, help="a checkpoint (any converter family) or a training workdir")
     p.add_argument("--family", default=None, help="checkpoint family (default: guessed)")
     p.add_argument("--subsets", nargs="*", default=None, help="only these subsets")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the results here as JSON (and a .md table beside it)")
+    grounding = p.add_argument_group("grounding")
+    grounding.add_argument("--dataset", choices=(*LAYOUTS, "synthetic_shapes"), default=None,
+                           help="split-file dataset, or synthetic_shapes for a run trained on the synthetic shapes")
+    grounding.add_argument("--image-root", default=None, help="the folder holding the dataset's images")
+    grounding.add_argument("--data-root", default=None,
+                           help="the reference's data root; images under its folder for the dataset")
+    grounding.add_argument("--splits", nargs="*", default=None,
+                           help="splits to evaluate (default: the ones the paper reports for the dataset)")
+    grounding.add_argument("--released-code", action="store_true",
+                           help="truncate ground-truth boxes to integers as the released loader does")
+    grounding.add_argument("--grid", default=None, help="write a PNG of predicted vs ground-truth boxes here")
+    grounding.add_argument("--grid-samples", type=int, default=16, help="examples in the grid (default 16)")
     p.set_defaults(run=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from vlalign_jax.eval.compositional import evaluate_suite, markdown_table
-    from vlalign_jax.eval.encoders import clip_encoders, load_model
     from vlalign_jax.eval.reports import report
 
+    if args.suite == "grounding":
+        from vlalign_jax.eval import grounding_suite
+
+        if args.dataset is None:
+            raise ValueError(f"--suite grounding needs --dataset (one of {', '.join(grounding_suite.DATASETS)})")
+        results = grounding_suite.evaluate(
+            args.checkpoint, args.dataset, args.data, family=args.family, image_root=args.image_root,
+            data_root=args.data_root, splits=args.splits, batch_size=args.batch_size,
+            released_code=args.released_code, grid=args.grid, grid_samples=args.grid_samples)
+        report(results, grounding_suite.markdown_table(results), args.out)
+        if results.get("grid"):
+            print(f"wrote {results['grid']}")
+        return 0
+    from vlalign_jax.eval.compositional import evaluate_suite, markdown_table
+    from vlalign_jax.eval.encoders import clip_encoders, load_model
+
+    if args.data is None:
+        raise ValueError(f"--suite {args.suite} needs --data (the benchmark's data root)")
     encode_images, encode_texts = clip_encoders(*load_model(args.checkpoint, args.family))
     results = evaluate_suite(args.suite, args.data, encode_images, encode_texts, batch_size=args.batch_size,
                              subsets=args.subsets)
@@ -122,8 +164,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from vlalign_jax.train.export import export_run
 
     config = export_run(args.workdir, args.dst, args.dst_family, args.step, args.dtype, args.overwrite)
-    print(f"wrote {args.dst} ({args.dst_family}; vision {config.vision.width}w x{config.vision.layers}, "
-          f"text {config.text.width}w x{config.text.layers})")
+    print(f"wrote {args.dst} ({args.dst_family}; {_towers(config)})")
     return 0
 
 

@@ -103,6 +103,16 @@ def test_released_settings_train_on_split_files_and_report_every_split(tmp_path)
     assert {f"eval/grounding/{split}/acc@0.5" for split in ("val", "testA", "testB")} <= set(last)
     steps = [r["step"] for r in read_metrics_jsonl(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2] and np.isfinite(last["loss"])  # one epoch of 16 annotated examples
-    # Unsupervised: the same recipe on the pseudo-labels (24 here), at the released global batch.
+    # The run exports to the released checkpoint layout, which loads back as CLIP-VG with the run's params.
+    from vlalign_jax.cli import main
+    from vlalign_jax.models.grounding import CLIPVG
+    from vlalign_jax.train.checkpoint import load_params
+
+    assert main(["export", str(tmp_path / "full"), str(tmp_path / "best_checkpoint.pth"), "--to", "clipvg"]) == 0
+    model, params = converters.load(tmp_path / "best_checkpoint.pth")
+    assert isinstance(model, CLIPVG)
+    ours = flat(load_params(tmp_path / "full"))
+    assert all(np.array_equal(value, ours[key]) for key, value in flat(params).items())
+    # Unsupervised: the same recipe on the pseudo-labels (24 here).
     assert small_config("unsupervised.py").data.train_split == "train_pseudo"
     assert len(setup_run(small_config("unsupervised.py", **data)).method.train_data()[0]) == 24

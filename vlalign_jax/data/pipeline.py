@@ -17,7 +17,7 @@ batch to the training process, where `RecordErrors` counts and reports it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import grain
 import jax
@@ -128,6 +128,16 @@ def eval_batches(source: Any, preprocess: Callable[[Any], dict], batch_size: int
     read = GuardedRead(source, lambda example, rng: preprocess(example), "raise")
     dataset = grain.MapDataset.range(n).random_map(read, seed=0).batch(batch_size)
     return list(dataset)
+
+
+def iter_eval_batches(source: Any, preprocess: Callable[[dict], dict], batch_size: int,
+                      num_examples: int | None = None, num_threads: int = 8) -> Iterable[dict]:
+    """`eval_batches`, streamed: the first `num_examples` of `source` in order, read and
+    preprocessed on `num_threads` threads, without holding a whole split's pixels in memory."""
+    n = len(source) if num_examples is None else min(num_examples, len(source))
+    read = GuardedRead(source, lambda example, rng: preprocess(example), "raise")
+    dataset = grain.MapDataset.range(n).random_map(read, seed=0).batch(batch_size)
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding, fields: Sequence[str]) -> dict:

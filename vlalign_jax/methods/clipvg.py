@@ -17,7 +17,6 @@ the canvas, with the target >= 0.5, in the padded-canvas frame as the reference 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlalign_jax.data.grounding import GroundingData, grounding_data
-from vlalign_jax.data.pipeline import eval_batches
+from vlalign_jax.data.pipeline import iter_eval_batches
 from vlalign_jax.eval.grounding import box_predictor, predict
 from vlalign_jax.losses.grounding import grounding_box_loss
 from vlalign_jax.methods.clip import DTYPES
@@ -62,9 +61,9 @@ def grounding_evaluators(model: nn.Module, data: GroundingData, config: ml_colle
     predictor = box_predictor(model)
     batch_size, limit = config.eval.batch_size, config.eval.get("num_heldout") or None
 
-    @functools.cache
-    def batches(split: str) -> list[dict]:
-        return eval_batches(data.evaluation[split], data.eval_preprocess, batch_size, limit)
+    def batches(split: str):  # streamed: a whole split at 224 px would take gigabytes
+        return iter_eval_batches(data.evaluation[split], data.eval_preprocess, batch_size, limit,
+                                 config.data.get("num_threads", 4))
 
     def grounding(params, extras) -> dict[str, float]:
         return {f"{split}/{name}": value for split in data.evaluation

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlalign_jax.models.clip import ClipConfig
+from vlalign_jax.models.grounding import GroundingConfig
 from vlalign_jax.models.siglip import SiglipConfig
 from vlalign_jax.train.checkpoint import load_params
 
@@ -19,9 +20,9 @@ MODEL_CONFIG_FILE = "model.json"
 
 
 def save_model_config(model: Any, workdir: str | Path) -> Path | None:
-    """Record the architecture of a CLIP- or SigLIP-family model beside the checkpoints (others: nothing)."""
+    """Record the architecture of a CLIP-, SigLIP- or CLIP-VG model beside the checkpoints (others: nothing)."""
     config = getattr(model, "config", None)
-    if not isinstance(config, (ClipConfig, SiglipConfig)):
+    if not isinstance(config, (ClipConfig, SiglipConfig, GroundingConfig)):
         return None
     from vlalign_jax.converters.families import model_kind
 
