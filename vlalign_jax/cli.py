@@ -1,5 +1,5 @@
 """The `vlalign` command line: one subcommand per job (train, export, convert, eval, fine-grained,
-dense, negatives, plot, data)."""
+dense, negatives, curriculum, plot, data)."""
 
 from __future__ import annotations
 
@@ -195,6 +195,20 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_curriculum(sub: argparse._SubParsersAction) -> None:
+    from vlalign_jax.curriculum import command
+
+    p = sub.add_parser(
+        "curriculum", help="CLIP-VG's self-paced curriculum (SSA / MSA) over pseudo-label sources, resumable",
+        description="Train a reliability measurer per pseudo-label source, score every label's reliability "
+                    "(IoU of the measurer's box with the pseudo box), write 1,000-bin histograms, select subsets "
+                    "by threshold on the annotated val split's Acc@0.5, retrain; every stage is a training "
+                    "run in WORKDIR and a rerun resumes where it stopped.",
+        epilog="example: vlalign curriculum --config configs/clipvg/curriculum_shapes.py --workdir runs/ssa")
+    command.add_arguments(p)
+    p.set_defaults(run=command.run)
+
+
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="draw PNG curves of a run's logged metrics",
                        description="Read WORKDIR/metrics.jsonl and write one PNG per metric group.")
@@ -234,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_negatives(sub)
     _add_fine_grained(sub)
+    _add_curriculum(sub)
     _add_plot(sub)
     _add_data(sub)
     return parser
