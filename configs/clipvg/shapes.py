@@ -12,7 +12,7 @@ Held-out Acc@0.5 is logged as eval/grounding/val/acc@0.5.
 
 import ml_collections
 
-from vlalign_jax.models.grounding import FREEZE
+from vlalign_jax.models.grounding import FREEZE, UNUSED
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.max_grad_norm = 0.0
     config.optim.final_lr_fraction = 0.0
     config.optim.lr_multipliers = {}
-    config.optim.freeze = FREEZE  # all of CLIP but the visual position embedding
+    config.optim.freeze = FREEZE + UNUSED  # all of CLIP but the visual position embedding
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1

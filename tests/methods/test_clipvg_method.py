@@ -48,7 +48,7 @@ def test_a_step_trains_only_the_reference_trainable_parameters():
     assert np.isfinite(metrics["loss/l1"]) and np.isfinite(metrics["loss/giou"])
     after = flat(state.params)
     moved = {k for k in before if not np.array_equal(before[k], after[k])}
-    # `visu_proj` is trainable but unused by the forward pass (as in the reference): no gradient.
+    # `visu_proj` is trainable but unused (as in the reference): no gradient, so not even decay moves it.
     expected = {k for k in before if trainable(k) and not k.startswith("visu_proj/")}
     assert moved == expected, sorted(moved ^ expected)[:5]
     assert "clip/vision_model/embeddings/position_embedding" in moved

@@ -26,10 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vlalign_jax.data.pipeline import eval_batches
+from vlalign_jax.data.pipeline import iter_eval_batches
 from vlalign_jax.eval.grounding import GroundingPredictions, box_predictor, predict
-
-SCORE_CHUNK_BATCHES = 32  # batches decoded at a time: a source of 100k images never sits in memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,36 +70,11 @@ def summary(r: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
             "selected": {str(float(h)): int(subset_indices(r, h).size) for h in thresholds}}
 
 
-class _Range:
-    """Records [start, stop) of a source, error messages still naming the source's own records."""
-
-    def __init__(self, source: Any, start: int, stop: int):
-        self.source, self.start, self.stop = source, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, index: int) -> Any:
-        return self.source[self.start + index]
-
-    def describe(self, index: int) -> str:
-        describe = getattr(self.source, "describe", None)
-        return describe(self.start + index) if describe else f"record {self.start + index}"
-
-
-def score_source(model: Any, params: Any, source: Any, preprocess: Callable[[dict], dict], batch_size: int,
-                 chunk_batches: int = SCORE_CHUNK_BATCHES) -> GroundingPredictions:
+def score_source(model: Any, params: Any, source: Any, preprocess: Callable[[dict], dict],
+                 batch_size: int) -> GroundingPredictions:
     """The measurer's predictions and r for every example of `source` (`preprocess` = eval transform),
-    decoded `chunk_batches` batches at a time."""
-    predictor = box_predictor(model)
-    chunk = batch_size * chunk_batches
-    parts = [predict(predictor, params, eval_batches(_Range(source, start, min(start + chunk, len(source))),
-                                                     preprocess, batch_size))
-             for start in range(0, len(source), chunk)]
-    if not parts:
-        return predict(predictor, params, [])
-    return GroundingPredictions(np.concatenate([p.predicted for p in parts]),
-                                np.concatenate([p.target for p in parts]), np.concatenate([p.iou for p in parts]))
+    streamed: a source of 100k images never sits in memory."""
+    return predict(box_predictor(model), params, iter_eval_batches(source, preprocess, batch_size))
 
 
 def score_records(source: Any, predictions: GroundingPredictions) -> list[dict[str, Any]]:

@@ -38,6 +38,10 @@ Dtype = Any
 # Frozen parameters (regexes for `config.optim.freeze`, matched with re.fullmatch against slash-joined
 # paths): all of CLIP except the visual position table, which the reference re-enables (§1.1, §1.7).
 FREEZE: tuple[str, ...] = (r"clip/(?!vision_model/embeddings/position_embedding$).+",)
+# Trainable in the reference but never used by its forward pass: it gets no gradient, so torch's AdamW
+# never touches it (not even weight decay). Freezing it here reproduces that; it still counts as trainable
+# in `parameter_counts`, as it does in the reference's count.
+UNUSED: tuple[str, ...] = (r"visu_proj/.+",)
 
 
 def trainable(path: str) -> bool:
