@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from vlalign_jax.data.atomic_files import write_json_atomic, write_jsonl_atomic  # noqa: F401 (re-exported)
 
 STATE_FILE = "curriculum_state.json"
 STATE_VERSION = 1
@@ -28,33 +29,6 @@ TRAIN_SPLIT = "train_pseudo"  # the split name a stage's training labels are wri
 # Settings that change how a run is watched or fed, not its results: a resumed run may change them.
 IGNORED_CONFIG_KEYS = ("train.progress_bar", "train.log_every", "train.async_checkpoints", "data.num_threads",
                        "data.num_workers", "eval.batch_size", "curriculum.score_batch_size")
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary sibling, renamed into place once complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    finally:
-        if os.path.exists(name):
-            os.unlink(name)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    _write_atomic(path, lambda f: f.write(json.dumps(value, indent=1, sort_keys=True, allow_nan=True) + "\n"))
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    def write(f):
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-    _write_atomic(path, write)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

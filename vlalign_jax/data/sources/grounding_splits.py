@@ -42,15 +42,14 @@ import dataclasses
 import json
 import math
 import numbers
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import numpy as np
 from PIL import Image
 
+from vlalign_jax.data.atomic_files import write_jsonl_atomic
 from vlalign_jax.data.records import RecordError
 
 
@@ -318,21 +317,6 @@ class GroundingSplit:
                 "image_file": record["image_file"], "dataset": record["dataset"], "index": index}
 
 
-def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write to a temporary sibling and rename it into place only once complete."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    finally:
-        if os.path.exists(name):
-            os.unlink(name)
-
-
 def convert_splits(src_paths: Iterable[str | Path], dst_dir: str | Path, dataset: str, *,
                    overwrite: bool = False, allow_pickle: bool = False) -> list[Path]:
     """Convert `.pth` split files to `{dst_dir}/{stem}.jsonl`, one per source; returns the written paths.
@@ -364,7 +348,7 @@ def convert_splits(src_paths: Iterable[str | Path], dst_dir: str | Path, dataset
         converted.append(records)
     out.mkdir(parents=True, exist_ok=True)
     for target, records in zip(targets, converted):
-        _write_jsonl_atomic(target, records)
+        write_jsonl_atomic(target, records)
     return targets
 
 
