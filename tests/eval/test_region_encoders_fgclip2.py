@@ -45,18 +45,6 @@ PATCH = 4
 FGCLIP_SHAPES = Path(__file__).resolve().parents[2] / "configs" / "fgclip" / "shapes.py"
 
 
-def write_tokenizer(folder):
-    """tokenizer.json (word level, "<eos>" appended) and a tokenizer_config.json naming the pad token."""
-    model = tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>")
-    tok = tokenizers.Tokenizer(model)
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "<eos>",
-        "bos_token": "<bos>", "unk_token": "<unk>", "padding_side": "right"}))
-
-
 def tiny_model():
     config = fgclip2_config_from_siglip(get_siglip_config("tiny"), keep_len=4)  # 16 short, 52 long positions
     return FGCLIP2(dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=len(WORDS))))
@@ -74,11 +62,11 @@ def random_params(model, seed=0):
 
 
 @pytest.fixture(scope="module")
-def fgclip2_folder(tmp_path_factory):
+def fgclip2_folder(tmp_path_factory, write_word_tokenizer):
     path = tmp_path_factory.mktemp("fgclip2") / "fg-clip2-tiny"
     model = tiny_model()
     converters.save(model, random_params(model), path, "hf")
-    write_tokenizer(path)
+    write_word_tokenizer(path, WORDS)
     return path
 
 

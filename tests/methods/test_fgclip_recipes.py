@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
 
 from vlalign_jax import converters
@@ -56,19 +55,6 @@ def write_finehard(root: Path) -> tuple[Path, Path]:
     return annotations, images
 
 
-def write_word_tokenizer(folder: Path) -> int:
-    """A word-level tokenizer.json with "<eos>" appended, loadable where the Gemma tokenizer is."""
-    tokenizers = pytest.importorskip("tokenizers")
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "<eos>",
-        "bos_token": "<bos>", "unk_token": "<unk>", "padding_side": "right"}))
-    return len(WORDS)
-
-
 def recipe(path: str, tmp_path: Path, **overrides):
     annotations, images = write_finehard(tmp_path / "finehard")
     pairs = {"data.train_path": str(annotations), "data.image_root": str(images), "data.num_workers": "0",
@@ -106,13 +92,13 @@ def test_fgclip1_released_recipe(tmp_path):
     np.testing.assert_allclose(start, extend_text_positions(table), atol=1e-7)  # lr <= 1e-8: barely moved
 
 
-def test_fgclip2_released_recipe(tmp_path):
+def test_fgclip2_released_recipe(tmp_path, write_word_tokenizer):
     small = ("{'vision': {'patch_size': 8, 'width': 32, 'layers': 1, 'heads': 2, 'mlp_dim': 64}, "
              "'text': {'context_length': 64, 'width': 32, 'layers': 1, 'heads': 2, 'mlp_dim': 64, "
              "'projection_dim': 32}}")
     folder, tokenizer = tmp_path / "siglip2", tmp_path / "tokenizer"
     tokenizer.mkdir()
-    vocab_size = write_word_tokenizer(tokenizer)
+    vocab_size = write_word_tokenizer(tokenizer, WORDS)
     overrides = {"model.name": "tiny", "model.overrides": small, "model.init_from": "",
                  "data.tokenizer_path": str(tokenizer), "data.max_num_patches": "64"}
     fg_config = setup_run(recipe("fgclip2/base_finehard.py", tmp_path / "probe", **overrides)).method.model.config
