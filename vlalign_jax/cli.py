@@ -48,7 +48,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from vlalign_jax.data.sources.grounding_splits import LAYOUTS  # light: no jax at parser build
+    from vlalign_jax.data.sources.grounding_splits import ALIASES, LAYOUTS  # light: no jax at parser build
 
     p = sub.add_parser(
         "eval", help="compositional benchmarks (SugarCrepe, ARO, VALSE) or visual grounding of a checkpoint or run",
@@ -71,8 +71,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the results here as JSON (and a .md table beside it)")
     grounding = p.add_argument_group("grounding")
-    grounding.add_argument("--dataset", choices=(*LAYOUTS, "synthetic_shapes"), default=None,
-                           help="split-file dataset, or synthetic_shapes for a run trained on the synthetic shapes")
+    grounding.add_argument("--dataset", choices=(*LAYOUTS, *ALIASES, "synthetic_shapes"), default=None,
+                           metavar="DATASET",
+                           help=f"split-file dataset ({', '.join(LAYOUTS)}, or an alias: {', '.join(ALIASES)}), "
+                                f"or synthetic_shapes for a run trained on the synthetic shapes")
     grounding.add_argument("--image-root", default=None, help="the folder holding the dataset's images")
     grounding.add_argument("--data-root", default=None,
                            help="the reference's data root; images under its folder for the dataset")

@@ -106,6 +106,11 @@ def test_ssa_trains_the_selections_and_keeps_the_best_threshold(tmp_path):
     assert final["metric"] == 0.5
     source = read_jsonl(tmp_path / "a" / "synthetic_data" / "split" / "unc" / "unc_template.jsonl")
     assert fake.labels["measure"] == source
+    # The measurer trained on every label: it is the baseline, reported with its label noise.
+    chosen = [x for x, value in zip(source, r) if np.float32(value) > np.float32(0.5)]
+    assert final["noisy_fraction"] == sum(x["noisy"] for x in chosen) / len(chosen)
+    assert final["all_labels"] == {"stage": "round_0/measure", "metric": 0.2, "size": N,
+                                   "noisy_fraction": sum(x["noisy"] for x in source) / N}
     for h in grid:
         name = f"h_{str(h).replace('.', '_')}"
         chosen = [source[i] for i in range(N) if np.float32(r[i]) > np.float32(h)]
@@ -183,7 +188,7 @@ def test_msa_picks_source_and_measurer_at_h0_then_scans_and_unions(tmp_path):
     msa = {"curriculum.mode": "msa", "curriculum.sources": ("template", "relation")}
     fake = FakeTrain(accuracies)
     final = run_curriculum(config(**msa), tmp_path / "a", fake, FakeScore(r))
-    assert fake.calls == ["measure_template", "measure_relation",
+    assert fake.calls == ["measure_template", "measure_relation", "all_sources",
                           "t1_template__by_template__h_0_5", "t1_template__by_relation__h_0_5",
                           "t1_relation__by_relation__h_0_5", "t1_relation__by_template__h_0_5",
                           "t1_template__by_relation__h_0_0",  # the h0 candidate is not retrained in the scan
@@ -202,6 +207,11 @@ def test_msa_picks_source_and_measurer_at_h0_then_scans_and_unions(tmp_path):
     pool2 = pool1 + above(relation, r["relation", "measure_template"], 0.0)
     selections = tmp_path / "a" / "round_0" / "selections"
     assert read_jsonl(selections / "pool_t1.jsonl") == pool1 and read_jsonl(selections / "pool_t2.jsonl") == pool2
+    # The baseline trains on every label of both sources; both are reported with their label noise.
+    assert fake.labels["all_sources"] == template + relation
+    assert final["all_labels"] == {"stage": "round_0/all_sources", "metric": 0.1, "size": 2 * N,
+                                   "noisy_fraction": sum(x["noisy"] for x in template + relation) / (2 * N)}
+    assert final["noisy_fraction"] == sum(x["noisy"] for x in pool2) / len(pool2)
     assert fake.labels["t2_relation__by_template__h_0_0"] == pool2  # D <- D + selected
     assert fake.labels["t2_relation__by_relation__h_0_5"] == pool1 + above(relation, r["relation", "measure_relation"],
                                                                            0.5)
@@ -215,7 +225,7 @@ def test_msa_picks_source_and_measurer_at_h0_then_scans_and_unions(tmp_path):
     fake = FakeTrain({**accuracies, "t2_relation__by_relation__h_0_5": 0.3, "t2_relation__by_relation__h_0_0": 0.2})
     final = run_curriculum(config(**msa, **{"curriculum.msa_stop": "no_gain", "curriculum.msa_cross_source": False}),
                            tmp_path / "b", fake, FakeScore(r))
-    assert fake.calls[2:] == ["t1_template__by_template__h_0_5", "t1_relation__by_relation__h_0_5",
+    assert fake.calls[3:] == ["t1_template__by_template__h_0_5", "t1_relation__by_relation__h_0_5",
                               "t1_relation__by_relation__h_0_0", "t2_template__by_template__h_0_5",
                               "t2_template__by_template__h_0_0"]
     assert final["order"] == [("relation", "relation", 0.5)]  # step 2 (best 0.3 < 0.35) was not kept

@@ -131,6 +131,16 @@ def test_results_json_and_markdown_have_one_row_per_split(evaluated):
         assert cells[3] == str(PER_SPLIT)
 
 
+def test_a_dataset_alias_evaluates_the_same_splits(evaluated, tmp_path):
+    out = tmp_path / "alias.json"
+    args = [a if a != str(evaluated["out"]) else str(out) for a in evaluated["args"]]
+    args = [a if a != "unc" else "refcoco" for a in args]
+    args = args[:args.index("--grid")] + args[args.index("--grid") + 4:]  # no grid this time
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["dataset"] == "unc" and results["splits"] == evaluated["results"]["splits"]
+
+
 def test_a_missing_split_file_is_named(evaluated, capsys):
     root = evaluated["root"]
     args = [a if a != str(evaluated["out"]) else str(root / "unused.json") for a in evaluated["args"]]

@@ -43,6 +43,20 @@ class StageResult:
     size: int  # training labels
 
 
+def noisy_fraction(records: list[dict[str, Any]]) -> float | None:
+    """The share of `records` marked `"noisy": true` (the synthetic sources mark their wrong labels);
+    None when not every record carries the mark (real pseudo-labels)."""
+    if not records or not all("noisy" in record for record in records):
+        return None
+    return sum(bool(record["noisy"]) for record in records) / len(records)
+
+
+def outcome(result: StageResult, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stage as the final result reports it: folder, validation metric, labels and their noise."""
+    return {"stage": result.key, "metric": result.metric, "size": result.size,
+            "noisy_fraction": noisy_fraction(records)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurer:
     key: str  # the stage whose final checkpoint measures

@@ -18,18 +18,20 @@ reconstructed: the release has no driver code.
    c. stop when every source was added (`msa_stop="all_sources"`), or (`"no_gain"`) before adding a
       step whose best accuracy is below the previous step's [UNVERIFIED].
    The result is the last kept step's model, trained on its pool.
+3. With `curriculum.baseline_all`, one more model trains on every label of every source (stage
+   round_0/all_sources): the result is reported next to it (`all_labels`).
 
 Candidates train from `model.init_from` ("init") or from measurer j ("measurer", `retrain_from`);
 whether the paper retrains cumulatively is [UNVERIFIED]. Stages: round_0/measure_<i>,
 round_0/t<t>_<i>__by_<j>__h_<h>; the pool after step t is selections/pool_t<t>.jsonl.
 
-Cost: n measurers, then sum over t of (remaining sources x measurers) + thresholds - 1 training runs
+Cost: n measurers (+1 baseline), then sum over t of (remaining sources x measurers) + thresholds - 1 training runs
 (51 for 3 sources and the 10-threshold grid).
 """
 
 from __future__ import annotations
 
-from vlalign_jax.curriculum.driver import Curriculum, StageResult
+from vlalign_jax.curriculum.driver import Curriculum, StageResult, noisy_fraction, outcome
 from vlalign_jax.curriculum.settings import threshold_name
 from vlalign_jax.curriculum.ssa import candidates_json, scan_thresholds
 from vlalign_jax.curriculum.workspace import write_jsonl_atomic
@@ -48,6 +50,8 @@ def run_msa(cur: Curriculum) -> dict:
         cur.train_stage(0, f"measure_{name}", cur.records(name))
         measurers[name] = cur.measurer(f"round_0/measure_{name}", name)
     r = {(i, j): cur.score(0, i, measurers[j], pair_name(i, j)) for i in names for j in names}
+    everything = [record for name in names for record in cur.records(name)]
+    all_labels = cur.train_stage(0, "all_sources", everything) if settings.baseline_all else None
 
     pool: list[dict] = []
     remaining = list(names)
@@ -88,5 +92,9 @@ def run_msa(cur: Curriculum) -> dict:
         steps.append(step)
         remaining.remove(i)
     last = steps[-1]
-    return {"mode": "msa", "stage": last["stage"], "metric": last["metric"], "size": last["pool_size"],
-            "selection": last["selection"], "order": [(s["source"], s["measurer"], s["threshold"]) for s in steps]}
+    final = {"mode": "msa", "stage": last["stage"], "metric": last["metric"], "size": last["pool_size"],
+             "noisy_fraction": noisy_fraction(pool), "selection": last["selection"],
+             "order": [(s["source"], s["measurer"], s["threshold"]) for s in steps]}
+    if all_labels is not None:
+        final["all_labels"] = outcome(all_labels, everything)
+    return final

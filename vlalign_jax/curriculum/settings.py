@@ -36,6 +36,9 @@ recommendation of research/clipvg.md 4.2-4.3.
   own (SR). All pairs are scored and plotted either way.
 - `msa_stop` "all_sources" [UNVERIFIED]: MSA adds one source per step until every source was added;
   "no_gain" stops before a step whose best validation accuracy is below the previous step's.
+- `baseline_all` True: also train one model on every source's labels, unselected (MSA: the union of
+  the sources, stage round_0/all_sources; SSA: the measurer already is that model, nothing extra), and
+  report it next to the result as `all_labels`, the comparison the curriculum has to win.
 - `selection_metric` "eval/grounding/val/acc@0.5": what candidates are compared by, at the end of
   their training: Acc@0.5 on the annotated val split, the protocol of the paper (and Pseudo-Q); on
   `eval.num_heldout` examples of it (0 = all). The last step's value, not the best along the run
@@ -84,6 +87,7 @@ def default_options() -> ml_collections.ConfigDict:
     c.msa_h0 = 0.5
     c.msa_cross_source = True
     c.msa_stop = "all_sources"
+    c.baseline_all = True
     c.selection_metric = "eval/grounding/val/acc@0.5"
     c.histogram_bins = 1000
     c.histogram_size = (1100, 440)
@@ -138,6 +142,7 @@ class CurriculumSettings:
     msa_h0: float
     msa_cross_source: bool
     msa_stop: str
+    baseline_all: bool
     selection_metric: str
     histogram_bins: int
     histogram_size: tuple[int, int]
@@ -164,7 +169,8 @@ class CurriculumSettings:
             tie_break=_choice(c.tie_break, TIE_BREAKS, "tie_break"),
             retrain_from=_choice(c.retrain_from, RETRAIN_FROM, "retrain_from"), rounds=int(c.rounds),
             msa_h0=float(c.msa_h0), msa_cross_source=bool(c.msa_cross_source),
-            msa_stop=_choice(c.msa_stop, MSA_STOPS, "msa_stop"), selection_metric=str(c.selection_metric),
+            msa_stop=_choice(c.msa_stop, MSA_STOPS, "msa_stop"), baseline_all=bool(c.baseline_all),
+            selection_metric=str(c.selection_metric),
             histogram_bins=int(c.histogram_bins), histogram_size=tuple(int(v) for v in c.histogram_size),
             score_batch_size=int(c.score_batch_size), synthetic_sources=synthetic,
             synthetic_num_train=int(c.synthetic_num_train), synthetic_num_val=int(c.synthetic_num_val),

@@ -4,7 +4,8 @@ reconstructed: the release has no driver code.
 Round 0: train a measurer M on the whole pseudo-label source S (time T0) and score every s in S. Then
 greedy sample selection (T1): for each threshold h of the grid, train a fresh model on
 D_h = {s : r(s) > h} and record its validation Acc@0.5; h* is the best (ties: `curriculum.tie_break`)
-and its model is the round's result. A round k > 0 (`curriculum.rounds`, [UNVERIFIED]) measures with
+and its model is the round's result. The measurer, trained on every label, is also the baseline the
+result is reported against (`all_labels`, with `curriculum.baseline_all`). A round k > 0 (`curriculum.rounds`, [UNVERIFIED]) measures with
 round k-1's result instead of training a new measurer, rescores all of S and selects again.
 
 Stages: round_<k>/measure (round 0 only) and round_<k>/h_<h>; scores, histogram and selections are
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from vlalign_jax.curriculum.driver import Curriculum, StageResult
+from vlalign_jax.curriculum.driver import Curriculum, StageResult, noisy_fraction, outcome
 from vlalign_jax.curriculum.settings import threshold_name
 
 
@@ -60,10 +61,10 @@ def run_ssa(cur: Curriculum) -> dict:
     settings = cur.settings
     (source,) = settings.sources
     records = cur.records(source)
-    final = None
+    final, all_labels = None, None
     for k in range(settings.rounds):
         if k == 0:
-            cur.train_stage(0, "measure", records)
+            all_labels = cur.train_stage(0, "measure", records)  # trained on every label: the baseline
             measurer = cur.measurer("round_0/measure", source)
         else:
             measurer = cur.measurer(final["stage"], source)
@@ -75,7 +76,9 @@ def run_ssa(cur: Curriculum) -> dict:
 
         (h, best), scanned = scan_thresholds(settings.thresholds, candidate, settings.scan, settings.tie_break)
         final = {"round": k, "stage": best.key, "threshold": h, "metric": best.metric, "size": best.size,
-                 "measurer": measurer.key,
+                 "noisy_fraction": noisy_fraction(cur.subset(source, r, h)), "measurer": measurer.key,
                  "selection": f"round_{k}/selections/{source}__h_{threshold_name(h)}.jsonl"}
         cur.state.put("decisions", f"round_{k}", {**final, "candidates": candidates_json(scanned)})
+    if settings.baseline_all:
+        final["all_labels"] = outcome(all_labels, records)
     return {"mode": "ssa", **final}

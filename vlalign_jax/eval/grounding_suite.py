@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 from vlalign_jax.data.grounding import EVAL_SPLITS, GroundingData
 from vlalign_jax.data.grounding_transforms import GroundingTransform, pad_offsets
 from vlalign_jax.data.pipeline import iter_eval_batches
-from vlalign_jax.data.sources.grounding_splits import LAYOUTS
+from vlalign_jax.data.sources.grounding_splits import ALIASES, LAYOUTS
 from vlalign_jax.eval.grounding import GroundingPredictions, box_predictor, predict
 
 SYNTHETIC = "synthetic_shapes"
@@ -257,13 +257,21 @@ def _synthetic_run(checkpoint: str | Path, family: str | None) -> ml_collections
     return run
 
 
+def canonical_dataset(name: str) -> str:
+    """The reference's folder name for a dataset name or alias (refcoco -> unc, flickr30k -> flickr, ...)."""
+    canonical = ALIASES.get(name.lower(), name)
+    if canonical not in DATASETS:
+        raise ValueError(f"unknown grounding dataset {name!r}; expected one of {list(DATASETS)} or an alias "
+                         f"{sorted(ALIASES)}")
+    return canonical
+
+
 def evaluate(checkpoint: str | Path, dataset: str, split_root: str | Path | None = None, *,
              family: str | None = None, image_root: str | Path | None = None, data_root: str | Path | None = None,
              splits: Sequence[str] | None = None, batch_size: int = 64, released_code: bool = False,
              grid: str | Path | None = None, grid_samples: int = 16, num_threads: int = 8) -> dict[str, Any]:
     """Acc@0.5, mIoU and the example count per split; with `grid`, the PNG of the first split."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown grounding dataset {dataset!r}; expected one of {list(DATASETS)}")
+    dataset = canonical_dataset(dataset)
     sources = None
     if dataset == SYNTHETIC:  # a wrong checkpoint or a missing split file fails before the model loads
         _synthetic_run(checkpoint, family)
