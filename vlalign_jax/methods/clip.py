@@ -23,6 +23,7 @@ from vlalign_jax.methods.image_text_evals import image_text_evaluators
 from vlalign_jax.methods.method import Method
 from vlalign_jax.models.clip import CLIP, ClipConfig
 from vlalign_jax.models.clip_configs import get_clip_config
+from vlalign_jax.models.config_overrides import with_overrides
 from vlalign_jax.parallel.rules import BATCH_AXES
 
 MAX_LOGIT_SCALE = math.log(100.0)  # OpenAI clamps the temperature at 100
@@ -32,11 +33,7 @@ LOSSES = ("softmax", "sigmoid", "sigmoid_chunked")
 
 def model_config(config: ml_collections.ConfigDict) -> ClipConfig:
     """The named architecture with `config.model.overrides` applied (`vision.width`, `act`, ...)."""
-    base = get_clip_config(config.model.name)
-    overrides = dict(config.model.get("overrides", {}))
-    vision = dataclasses.replace(base.vision, **overrides.pop("vision", {}))
-    text = dataclasses.replace(base.text, **overrides.pop("text", {}))
-    return dataclasses.replace(base, vision=vision, text=text, **overrides)
+    return with_overrides(get_clip_config(config.model.name), config.model.get("overrides", {}))
 
 
 def make(config: ml_collections.ConfigDict) -> Method:

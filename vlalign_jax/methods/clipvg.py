@@ -30,6 +30,7 @@ from vlalign_jax.eval.grounding import box_predictor, predict
 from vlalign_jax.losses.grounding import grounding_box_loss
 from vlalign_jax.methods.clip import DTYPES
 from vlalign_jax.methods.method import Method
+from vlalign_jax.models.config_overrides import with_overrides
 from vlalign_jax.models.grounding import CLIPVG, GROUNDING_CONFIGS, GroundingConfig
 
 FIELDS = ("pixels", "pad_mask", "tokens", "box")
@@ -40,17 +41,11 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     name = config.model.name
     if name not in GROUNDING_CONFIGS:
         raise KeyError(f"unknown grounding model {name!r}; known: {sorted(GROUNDING_CONFIGS)}")
-    base = GROUNDING_CONFIGS[name]
-    overrides = dict(config.model.get("overrides", {}))
-    clip_overrides = dict(overrides.pop("clip", {}))
-    vision = dataclasses.replace(base.clip.vision, **clip_overrides.pop("vision", {}))
-    text = dataclasses.replace(base.clip.text, **clip_overrides.pop("text", {}))
+    mc = with_overrides(GROUNDING_CONFIGS[name], config.model.get("overrides", {}))
     if vocab_size is not None:
-        text = dataclasses.replace(text, vocab_size=vocab_size)
-    clip = dataclasses.replace(base.clip, vision=vision, text=text, **clip_overrides)
-    if "feature_layers" in overrides:
-        overrides["feature_layers"] = tuple(overrides["feature_layers"])
-    return dataclasses.replace(base, clip=clip, **overrides)
+        text = dataclasses.replace(mc.clip.text, vocab_size=vocab_size)
+        mc = dataclasses.replace(mc, clip=dataclasses.replace(mc.clip, text=text))
+    return mc
 
 
 def grounding_evaluators(model: nn.Module, data: GroundingData, config: ml_collections.ConfigDict

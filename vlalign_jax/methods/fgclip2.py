@@ -30,6 +30,7 @@ from vlalign_jax.losses.fgclip import fgclip2_loss
 from vlalign_jax.methods.clip import DTYPES, MAX_LOGIT_SCALE
 from vlalign_jax.methods.method import Method
 from vlalign_jax.methods.region_evals import region_evaluators
+from vlalign_jax.models.config_overrides import with_overrides
 from vlalign_jax.models.fgclip2 import FGCLIP2, Fgclip2Config, fgclip2_config_from_siglip, fgclip2_params_from_siglip
 from vlalign_jax.models.siglip_configs import get_siglip_config
 from vlalign_jax.ops.region_pooling import masked_l2_normalize, pool_token_regions
@@ -48,13 +49,10 @@ def _normalize(x: jax.Array) -> jax.Array:
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Fgclip2Config:
     """The named SigLIP 2 architecture with `config.model.overrides`, grown to FG-CLIP 2 (long tables
     of 4L - 3 * keep_len rows); `vocab_size` replaces the text vocabulary (the tokenizer's)."""
-    base = get_siglip_config(config.model.name)
-    overrides = dict(config.model.get("overrides", {}))
-    vision = dataclasses.replace(base.vision, **overrides.pop("vision", {}))
-    text = dataclasses.replace(base.text, **overrides.pop("text", {}))
+    siglip = with_overrides(get_siglip_config(config.model.name), config.model.get("overrides", {}))
     if vocab_size is not None:
-        text = dataclasses.replace(text, vocab_size=vocab_size)
-    return fgclip2_config_from_siglip(dataclasses.replace(base, vision=vision, text=text, **overrides))
+        siglip = dataclasses.replace(siglip, text=dataclasses.replace(siglip.text, vocab_size=vocab_size))
+    return fgclip2_config_from_siglip(siglip)
 
 
 def _init_grid(max_num_patches: int) -> tuple[int, int]:
