@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.allow_pickle = False  # .pth splits holding numpy objects need it (runs the pickle)
     config.data.tokenizer = "clip"
     config.data.vocab_path = ""
+    config.data.vocabulary = ""  # "synthetic_shapes": the word tokenizer over split files of the shapes (demo)
     config.data.prompt_template = ""  # e.g. "a photo of {pseudo_query}"; "" = the expression as is
     config.data.train_scales = ()  # () = the released 224, 192, ..., 32
     config.data.crop_prob = 0.5

@@ -1,8 +1,8 @@
 """Pseudo-label sources with known label noise, drawn from the synthetic shapes (demo and tests).
 
 Each source has its own `synthetic_num_train` images of the synthetic shapes with their referring
-expressions ("the red circle left of the blue square"); a fraction `noise` of its boxes (per
-`curriculum.synthetic_sources`) is replaced by a box of the same size elsewhere in the image (IoU
+expressions ("the red circle", "the small red circle", "the red circle at the top left"); a
+fraction `noise` of its boxes (per `curriculum.synthetic_sources`) is replaced by a box of the same size elsewhere in the image (IoU
 with the true box below 0.3), as an unreliable pseudo-label would be, and marked `"noisy": true` in
 its record, so a selection's label precision can be read off its file. The val split is clean (the
 annotated val split of the paper). Written once as

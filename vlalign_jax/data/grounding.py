@@ -2,8 +2,8 @@
 as the reference does and tokenized to the text tower's length (CLIP's 77) (research/clipvg.md section 3).
 
 `config.data.name` is `synthetic_shapes` (the built-in shapes with their referring expressions, e.g.
-"the red circle left of the blue square") or `splits` (CLIP-VG / TransVG split files, `.pth` or the
-`.jsonl` form of `vlalign data convert-splits`):
+"the red circle", "the small red circle", "the red circle at the top left") or `splits` (CLIP-VG /
+TransVG split files, `.pth` or the `.jsonl` form of `vlalign data convert-splits`):
 
     data.split_root/<dataset>/<dataset>_<split>.pth|.jsonl, images under data.image_root
 
@@ -88,6 +88,20 @@ def _split_source(data: ml_collections.ConfigDict, split: str) -> Any:
                           allow_pickle=data.get("allow_pickle", False))
 
 
+def closed_vocabulary(data: ml_collections.ConfigDict) -> list[str] | None:
+    """The word list of `data.tokenizer = "words"`: the synthetic shapes' for their own runs and for
+    split files of shapes (`data.vocabulary = "synthetic_shapes"`, the curriculum demo); None for open
+    text (CLIP's BPE)."""
+    named = data.get("vocabulary", "")
+    if named not in ("", "synthetic_shapes"):
+        raise ValueError(f"unknown data.vocabulary {named!r}; expected '' or 'synthetic_shapes'")
+    if data.name == "synthetic_shapes" or named:
+        from vlalign_jax.data.sources.synthetic import SyntheticShapes
+
+        return SyntheticShapes.vocabulary()
+    return None
+
+
 def grounding_data(data: ml_collections.ConfigDict, image_size: int, context_length: int) -> GroundingData:
     """The sources and preprocessing `config.data` names, for a model of `image_size` pixels and
     `context_length` text positions (77 for CLIP-VG)."""
@@ -103,17 +117,15 @@ def grounding_data(data: ml_collections.ConfigDict, image_size: int, context_len
         train = SyntheticReferring(SyntheticShapes("train", data.num_train, data.seed, shapes, fields))
         evaluation = {"val": SyntheticReferring(SyntheticShapes("heldout", data.num_heldout, data.seed, shapes,
                                                                 fields))}
-        vocabulary = SyntheticShapes.vocabulary()
     elif data.name == "splits":
         train = _split_source(data, data.train_split)
         from vlalign_jax.data.sources.grounding_splits import layout
 
         splits = tuple(data.get("eval_splits", ())) or EVAL_SPLITS[layout(data.dataset).name]
         evaluation = {split: _split_source(data, split) for split in splits}
-        vocabulary = None
     else:
         raise ValueError(f"unknown data.name {data.name!r} for grounding; available: {GROUNDING_SOURCES}")
-    tokenizer, vocab_size = make_tokenizer(data, context_length, vocabulary)
+    tokenizer, vocab_size = make_tokenizer(data, context_length, closed_vocabulary(data))
     train_transform = GroundingTransform(
         train=True, imsize=image_size, scales=tuple(data.get("train_scales", ())) or None,
         crop_prob=data.get("crop_prob", 0.5),

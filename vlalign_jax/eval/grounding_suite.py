@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vlalign_jax.data.grounding import EVAL_SPLITS, GroundingData
+from vlalign_jax.data.grounding import EVAL_SPLITS, GroundingData, closed_vocabulary
 from vlalign_jax.data.grounding_transforms import GroundingTransform, pad_offsets
 from vlalign_jax.data.pipeline import iter_eval_batches
 from vlalign_jax.data.sources.grounding_splits import ALIASES, LAYOUTS
@@ -89,7 +89,6 @@ def load_grounding_model(checkpoint: str | Path, family: str | None = None) -> G
     run = read_run_config(checkpoint) if family in (None, "workdir") else None
     if run is not None:
         from vlalign_jax.data.image_text import make_tokenizer
-        from vlalign_jax.data.sources.synthetic import SyntheticShapes
         from vlalign_jax.methods.clip import DTYPES
         from vlalign_jax.methods.clipvg import model_config
         from vlalign_jax.train.checkpoint import load_params
@@ -98,8 +97,7 @@ def load_grounding_model(checkpoint: str | Path, family: str | None = None) -> G
             raise ValueError(f"{checkpoint} is a run of method {run.get('method')!r}; the grounding suite "
                              f"evaluates CLIP-VG runs (method 'clipvg')")
         context_length = model_config(run).clip.text.context_length
-        vocabulary = SyntheticShapes.vocabulary() if run.data.get("name") == SYNTHETIC else None
-        tokenizer, vocab_size = make_tokenizer(run.data, context_length, vocabulary)
+        tokenizer, vocab_size = make_tokenizer(run.data, context_length, closed_vocabulary(run.data))
         params = load_params(checkpoint)
         _check_vocabulary(params, vocab_size, f"its data.tokenizer {run.data.tokenizer!r}", checkpoint)
         model = CLIPVG(model_config(run, vocab_size), dtype=DTYPES[run.model.get("dtype", "float32")])
