@@ -269,8 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(rest)
     args.overrides = overrides
+    from vlalign_jax.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
+
     try:
         return args.run(args)
+    except Preempted as e:  # a checkpoint was written: the scheduler may requeue the same command
+        print(f"vlalign {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # User-facing errors (bad checkpoint, wrong family, missing extra) print without a traceback.
         print(f"vlalign {args.command}: error: {e}", file=sys.stderr)

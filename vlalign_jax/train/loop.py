@@ -2,7 +2,8 @@
 
 Re-running the same command on the same workdir resumes from the newest complete checkpoint; the
 train state, the data iterator position and the config are all in it, so the continuation is
-bit-identical to an uninterrupted run on the same mesh.
+bit-identical to an uninterrupted run on the same mesh. SIGTERM checkpoints the current step and
+stops (`preemption.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from vlalign_jax.train.initial_weights import check_against, place, read_initial
 from vlalign_jax.train.initialization import abstract_state, create_state, state_shardings
 from vlalign_jax.train.metrics import MetricsWriter
 from vlalign_jax.train.optim import make_optimizer, schedule_from_config
+from vlalign_jax.train.preemption import Preempted, PreemptionWatcher
 from vlalign_jax.train.state import TrainState
 from vlalign_jax.train.step import make_train_step
 from vlalign_jax.train.throughput import Throughput
@@ -122,9 +124,15 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
 def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method | None = None
           ) -> dict[str, float]:
     """Train to `config.train.steps`, resuming from `workdir` if it holds checkpoints; returns the
-    last logged metrics (including evaluations)."""
+    last logged metrics (including evaluations). Raises `Preempted` after checkpointing on SIGTERM
+    (from the start of this call: a notice during setup stops after the first step)."""
+    with PreemptionWatcher() as preemption:
+        return _train(config, Path(workdir), method, preemption)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | None,
+           preemption: PreemptionWatcher) -> dict[str, float]:
     distributed.initialize(config.get("distributed", ml_collections.ConfigDict()))
-    workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
         save_config(config, workdir)
@@ -149,6 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method
     last: dict[str, float] = {}
     pending = None  # (step, metrics) of the previous step, read one step late so devices stay busy
     config_dict = config.to_dict()
+    saved = start
     try:
         with run.context():
             for step in range(start + 1, tc.steps + 1):
@@ -164,6 +173,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method
                     last = _log(pending, tc, writer, bar, meter, last, errors, force=True)  # never save NaN
                     pending = None
                     checkpointer.save(step, state, iterator, config_dict)
+                    saved = step
+                if step < tc.steps and preemption.requested(step):
+                    if pending is not None:
+                        last = _log(pending, tc, writer, bar, meter, last, errors, force=True)
+                    if saved != step:
+                        checkpointer.save(step, state, iterator, config_dict)
+                    raise Preempted(step, str(checkpointer.directory))
                 if tc.get("eval_every") and (step % tc.eval_every == 0 or step == tc.steps):
                     last = {**last, **_evaluate(run.method, state, writer, step)}
             if pending is not None:
