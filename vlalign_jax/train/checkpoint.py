@@ -2,12 +2,15 @@
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data,config}`. Orbax writes each step into a temporary
 directory and renames it when complete, so a process killed mid-save leaves the previous checkpoint
-as the newest valid one. Restoring takes the target shardings, so a checkpoint saved under one mesh
-restores under another.
+as the newest valid one. Once a save has finished, its files' checksums are recorded
+(`checkpoint_manifest.py`); `latest_valid_step` checks the newest step against them and moves a
+damaged one aside (`checkpoints/corrupt-<step>`, kept for inspection), falling back to the previous.
+Restoring takes the target shardings, so a checkpoint saved under one mesh restores under another.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vlalign_jax.train import checkpoint_manifest
 from vlalign_jax.train.state import TrainState
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_PREFIX = "corrupt-"
+
+
+class CorruptCheckpointError(ValueError):
+    """Every checkpoint of the run failed its checksums; none can be resumed from."""
 
 
 class Checkpointer:
@@ -29,16 +40,54 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                                create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unsealed: list[int] = []  # saved by this process, manifest not yet written
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def latest_valid_step(self) -> int | None:
+        """The newest step whose files match their checksums (None: no checkpoint yet). A damaged step
+        is reported by path and moved aside; if every step is damaged, CorruptCheckpointError."""
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = checkpoint_manifest.verify(self.directory / str(step))
+            if problem is None:
+                if damaged:
+                    _sync_hosts("vlalign_checkpoint_quarantine")
+                    self.manager.reload()
+                return step
+            damaged.append(f"step {step}: {problem}")
+            moved = self.directory / f"{CORRUPT_PREFIX}{step}"
+            if jax.process_index() == 0:  # every host verified the same files; one moves them
+                (self.directory / str(step)).rename(moved)
+            log.error("checkpoint step %d is damaged (%s); moved to %s, trying the previous one", step, problem,
+                      moved)
+        if damaged:
+            _sync_hosts("vlalign_checkpoint_quarantine")
+            self.manager.reload()
+            raise CorruptCheckpointError(f"no undamaged checkpoint under {self.directory} to resume from: "
+                                         + "; ".join(damaged) + f" (moved aside as {CORRUPT_PREFIX}<step>)")
+        return None
+
     def save(self, step: int, state: TrainState, data_iterator: Any, config: dict) -> None:
-        """Start saving; returns once the arrays are copied off the devices (the write continues)."""
+        """Start saving; returns once the arrays are copied off the devices (the write continues).
+        The previous save is finished and sealed with its checksums first."""
+        self._seal()
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items))
+        self._unsealed.append(step)
+
+    def _seal(self) -> None:
+        """Wait for saves in flight, then record the checksums of the steps they wrote (primary host)."""
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            kept = set(self.manager.all_steps())
+            for step in self._unsealed:
+                if step in kept:  # not already dropped by max_to_keep
+                    checkpoint_manifest.write_manifest(self.directory / str(step))
+        self._unsealed.clear()
 
     def restore(self, step: int, abstract: TrainState, data_iterator: Any) -> TrainState:
         """Restore onto the shardings in `abstract` (ShapeDtypeStructs) and rewind `data_iterator`."""
@@ -48,10 +97,17 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _sync_hosts(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -69,7 +125,17 @@ def load_params(workdir: str | Path, step: int | None = None) -> Any:
         steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint under {directory}")
-        step = max(steps)
+        for step in sorted(steps, reverse=True):
+            problem = checkpoint_manifest.verify(directory / str(step))
+            if problem is None:
+                break
+            log.error("checkpoint step %d is damaged (%s); using an earlier one", step, problem)
+        else:
+            raise CorruptCheckpointError(f"every checkpoint under {directory} is damaged")
+    else:
+        problem = checkpoint_manifest.verify(directory / str(step))
+        if problem is not None:
+            raise CorruptCheckpointError(f"checkpoint step {step} under {directory} is damaged: {problem}")
     path = directory / str(step) / "state"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint for step {step} under {directory}")

@@ -143,7 +143,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
     errors = RecordErrors(config.data.get("on_error", "raise"), config.data.get("max_skip_fraction", 0.01))
     iterator = run.iterator(errors)
     checkpointer = Checkpointer(workdir, tc.get("keep_checkpoints", 3), tc.get("async_checkpoints", True))
-    start = checkpointer.latest_step()
+    start = checkpointer.latest_valid_step()
     if start is None:
         state, start = run.init_state(), 0
     else:
