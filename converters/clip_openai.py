@@ -78,8 +78,11 @@ def _count_layers(state: Mapping[str, np.ndarray], prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def infer_config(state: Mapping[str, np.ndarray], act: str, source: str) -> ClipConfig:
-    """Rebuild the architecture from tensor shapes; missing keys needed for that are listed."""
+def infer_config(state: Mapping[str, np.ndarray], act: str, source: str, vision_heads: int | None = None,
+                 text_heads: int | None = None) -> ClipConfig:
+    """Rebuild the architecture from tensor shapes; missing keys needed for that are listed. Head
+    counts leave no trace in the shapes: pass them when a config records them, else width // 64 (every
+    OpenAI model; open_clip configs may differ, e.g. ViT-H-14's 16 heads of 80)."""
     needed = ["visual.conv1.weight", "visual.positional_embedding", "visual.transformer.resblocks.0.mlp.c_fc.weight",
               "text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight",
               "transformer.resblocks.0.mlp.c_fc.weight"]
@@ -91,11 +94,11 @@ def infer_config(state: Mapping[str, np.ndarray], act: str, source: str) -> Clip
     text_width = state["ln_final.weight"].shape[0]
     vision = VisionConfig(
         image_size=grid * patch, patch_size=patch, width=vision_width,
-        layers=_count_layers(state, "visual.transformer"), heads=max(vision_width // 64, 1),
+        layers=_count_layers(state, "visual.transformer"), heads=vision_heads or max(vision_width // 64, 1),
         mlp_dim=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
     text = TextConfig(
         vocab_size=state["token_embedding.weight"].shape[0], context_length=state["positional_embedding"].shape[0],
-        width=text_width, layers=_count_layers(state, "transformer"), heads=max(text_width // 64, 1),
+        width=text_width, layers=_count_layers(state, "transformer"), heads=text_heads or max(text_width // 64, 1),
         mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], pool="argmax")
     bias = float(np.asarray(state["logit_bias"], np.float32)) if "logit_bias" in state else None
     return ClipConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text, act=act,

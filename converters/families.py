@@ -95,11 +95,12 @@ def detect_family(path: Path) -> str:
 # ---- reading --------------------------------------------------------------------------------------
 
 def _openai_names_to_checkpoint(state: Mapping[str, np.ndarray], act: str, source: str,
-                                meta: dict | None = None) -> Checkpoint:
+                                meta: dict | None = None, heads: tuple[int | None, int | None] = (None, None)
+                                ) -> Checkpoint:
     state = clip_openai.strip_prefix(state)
     for key in clip_openai.DERIVED_KEYS:
         state.pop(key, None)
-    config = clip_openai.infer_config(state, act, source)
+    config = clip_openai.infer_config(state, act, source, *heads)
     rules = expand(clip_openai.rules_for(config), clip_openai.layer_counts(config))
     return Checkpoint(config, from_theirs(state, rules, param_shapes(config), source), meta or {})
 
@@ -120,21 +121,35 @@ def read_openai(path: Path, act: str | None) -> Checkpoint:
     return _openai_names_to_checkpoint(state, act or "quick_gelu", str(path))
 
 
+def _open_clip_heads(model_cfg: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """(vision, text) head counts from an open_clip model config, with open_clip's defaults for what
+    it leaves out (vision head_width 64, text heads 8)."""
+    vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    width = vision.get("width") or clip_openai.strip_prefix(state)["visual.conv1.weight"].shape[0]
+    return max(int(width) // int(vision.get("head_width", 64)), 1), int(text.get("heads", 8))
+
+
 def read_open_clip(path: Path, act: str | None) -> Checkpoint:
+    model_cfg = None
     if path.is_dir():
         weights = next((path / w for w in OPEN_CLIP_WEIGHTS if (path / w).exists()), None)
         if weights is None:
             raise CheckpointFormatError(f"{path} has none of {OPEN_CLIP_WEIGHTS}")
-        if act is None and (path / OPEN_CLIP_CONFIG).exists():
+        if (path / OPEN_CLIP_CONFIG).exists():
             model_cfg = json.loads((path / OPEN_CLIP_CONFIG).read_text()).get("model_cfg", {})
-            act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+            if act is None:
+                act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
         path = weights
     if act is None:
         log.warning("%s does not record its activation; assuming open_clip's default GELU. "
                     "Pass act='quick_gelu' (--act quick_gelu) for OpenAI-trained weights.", path)
         act = "gelu"
     state = load_safetensors(path) if path.suffix == ".safetensors" else _torch_state(path)[0]
-    return _openai_names_to_checkpoint(state, act, str(path))
+    if model_cfg is None:
+        log.info("%s has no %s beside it: attention heads assumed width // 64 in both towers (true of OpenAI's "
+                 "models, not of every open_clip one, e.g. ViT-H-14)", path, OPEN_CLIP_CONFIG)
+        return _openai_names_to_checkpoint(state, act, str(path))
+    return _openai_names_to_checkpoint(state, act, str(path), heads=_open_clip_heads(model_cfg, state))
 
 
 def read_degla(path: Path, act: str | None) -> Checkpoint:

@@ -11,7 +11,8 @@ pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
 
 import vlalign_jax.converters as converters  # noqa: E402
-from torch_models import inputs, jax_embeddings, tiny_hf_clip, tiny_open_clip, torch_embeddings  # noqa: E402
+from torch_models import (inputs, jax_embeddings, randomize, tiny_hf_clip, tiny_open_clip,  # noqa: E402
+                          torch_embeddings)
 
 TOL = 1e-5
 
@@ -28,6 +29,28 @@ def test_open_clip_file_matches_open_clip_model(tmp_path, quick_gelu):
     torch.save(ref.state_dict(), tmp_path / "model.pt")
     model, params = converters.load(tmp_path / "model.pt", act="quick_gelu" if quick_gelu else "gelu")
     pixels, tokens = inputs()
+    assert_close(jax_embeddings(model, params, pixels, tokens),
+                 torch_embeddings(ref.encode_image, ref.encode_text, pixels, tokens))
+
+
+def test_open_clip_folder_heads_come_from_its_config(tmp_path):
+    """Head counts leave no trace in weight shapes: an open_clip folder's config gives them (vision
+    head_width 32 -> 4 heads of width 128, text 8 heads), where width // 64 would build 2 and 2."""
+    import json
+
+    from open_clip.model import CLIP
+
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 2, "head_width": 32},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 8, "layers": 2}}
+    ref = randomize(CLIP(**cfg), seed=5)
+    folder = tmp_path / "open_clip_folder"
+    folder.mkdir()
+    torch.save(ref.state_dict(), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    model, params = converters.load(folder, "open_clip")
+    assert (model.config.vision.heads, model.config.text.heads, model.config.act) == (4, 8, "quick_gelu")
+    pixels, tokens = inputs(seed=5)
     assert_close(jax_embeddings(model, params, pixels, tokens),
                  torch_embeddings(ref.encode_image, ref.encode_text, pixels, tokens))
 
