@@ -47,34 +47,87 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _patch_budget(text: str) -> int | str:
+    """--max-num-patches: a positive integer or 'dynamic'."""
+    if text == "dynamic":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--max-num-patches must be a positive integer or 'dynamic', got {text!r}")
+    return int(text)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from vlalign_jax.data.sources.grounding_splits import ALIASES, LAYOUTS  # light: no jax at parser build
+    from vlalign_jax.eval import suites  # light: no jax at parser build
 
     p = sub.add_parser(
-        "eval", help="compositional benchmarks (SugarCrepe, ARO, VALSE) or visual grounding of a checkpoint or run",
-        description="sugarcrepe/aro/valse: score each benchmark item's positive caption against its negatives "
-                    "(cosine similarity; a tie is wrong) and report accuracy per subset and their average; the data "
-                    "root holds the public files (see vlalign_jax/eval/compositional_formats.py). grounding: Acc@0.5 "
-                    "and mIoU per split of a CLIP-VG checkpoint or run on CLIP-VG / TransVG split files (--data is "
-                    "the split root), or on a synthetic-shapes run's held-out expressions, with an optional PNG of "
-                    "predicted (red) and ground-truth (green) boxes. Results print as a markdown table and, with "
-                    "--out, are written as JSON and .md.",
-        epilog="examples: vlalign eval --suite sugarcrepe --data /data/bench --checkpoint degla_b32.pt; "
-               "vlalign eval --suite grounding --dataset unc --data /data/split --data-root /data/ln_data "
-               "--checkpoint best_checkpoint.pth --grid unc.png")
-    p.add_argument("--suite", required=True, choices=("sugarcrepe", "aro", "valse", "grounding"))
-    p.add_argument("--data", default=None, help="data root (e.g. DIR/sugarcrepe/*.json, DIR/coco/val2017/); "
-                   "grounding: the split root (DIR/<dataset>/<dataset>_<split>.jsonl|.pth)")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint (any converter family) or a training workdir")
+        "eval", help="zero-shot, retrieval, compositional, FG-OVD and grounding benchmarks of checkpoints or runs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Score one or more checkpoints (a file of any family the converters read: OpenAI, open_clip, Hugging\n"
+            "Face, DeGLA, FG-CLIP 1/2, SigLIP 2, CLIP-VG; or a `vlalign train` workdir) on one or more suites.\n"
+            "Each model loads once; images and texts are encoded in batches split over all local devices.\n\n"
+            "suites (--suite NAME[:DATASET], each with its --data):\n"
+            "  zeroshot[:NAME]         top-1/5 classification; --data a folder of class folders, a .csv/.tsv\n"
+            "                          (image path, label) or tfds:NAME[:SPLIT]; NAME names it in the results\n"
+            "  retrieval:DATASET       R@1/5/10 image<->text, DATASET one of\n"
+            f"                          {', '.join(suites.RETRIEVAL_DATASETS)};\n"
+            "                          --data the annotation file, or the set's root in its usual layout\n"
+            f"  long-retrieval:DATASET  the same on {', '.join(suites.LONG_DATASETS)} with the long text walk\n"
+            "  sugarcrepe, aro, valse  compositional accuracy (a tie is wrong); --data the benchmark root\n"
+            "  fg-ovd                  FG-OVD top-1 per subset (FG-CLIP 1/2); --data the *_llava.jsonl folder,\n"
+            "                          --images the COCO root\n"
+            "  grounding:DATASET       CLIP-VG Acc@0.5 and mIoU per split; --data the split root\n\n"
+            "--data and --images pair with the --suite flags in order, or one value serves every suite. All\n"
+            "data is checked before any model loads; each table prints as its result comes. --out writes JSON\n"
+            "and a .md beside it: for one checkpoint and one suite that suite's results, otherwise\n"
+            "{checkpoint: {suite: results}} and a summary table of the headline metrics. --plot draws those\n"
+            "metrics as a PNG bar chart, one bar per checkpoint."),
+        epilog="examples:\n"
+               "  vlalign eval --checkpoint ViT-B-32.pt --checkpoint runs/degla \\\n"
+               "      --suite zeroshot:imagenet --data /data/imagenet/val --classnames imagenet \\\n"
+               "      --suite retrieval:coco --data /data/coco --out results.json --plot results.png\n"
+               "  vlalign eval --suite sugarcrepe --data /data/bench --checkpoint degla_b32.pt\n"
+               "  vlalign eval --suite grounding --dataset unc --data /data/split --data-root /data/ln_data \\\n"
+               "      --checkpoint best_checkpoint.pth --grid unc.png")
+    p.add_argument("--checkpoint", action="append", required=True, metavar="PATH_OR_WORKDIR",
+                   help="a checkpoint (any converter family) or a training workdir; repeat to compare several")
+    p.add_argument("--suite", action="append", required=True, metavar="NAME[:DATASET]",
+                   help=f"a suite ({', '.join(suites.SUITES)}); repeatable")
+    p.add_argument("--data", action="append", default=None, metavar="PATH",
+                   help="the suite's data (see above); one per --suite in order, or one for all")
+    p.add_argument("--images", action="append", default=None, metavar="DIR",
+                   help="image root (zeroshot csv, retrieval when --data is a file, fg-ovd, grounding); one per "
+                        "--suite in order, or one for all")
     p.add_argument("--family", default=None, help="checkpoint family (default: guessed)")
-    p.add_argument("--subsets", nargs="*", default=None, help="only these subsets")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tokenizer", default="auto",
+                   help="auto (default: a workdir's data.tokenizer; SigLIP 2 / FG-CLIP 2: the Gemma tokenizer in the "
+                        "checkpoint folder; else CLIP BPE) | clip | words | gemma:PATH")
+    p.add_argument("--max-num-patches", type=_patch_budget, default=None,
+                   help="NaFlex patch budget per image (SigLIP 2, FG-CLIP 2): N or 'dynamic' (FG-CLIP 2's eval rule). "
+                        "Default: a workdir's data.max_num_patches, else dynamic for FG-CLIP 2 and 256 for SigLIP 2")
+    p.add_argument("--batch-size", type=int, default=256, help="images or texts per encoder call, split over all "
+                   "devices (default 256)")
+    p.add_argument("--subsets", nargs="*", default=None, help="compositional, fg-ovd: only these subsets")
+    p.add_argument("--split", default=None, help="retrieval: the Karpathy split (default test); zeroshot: the TFDS split")
     p.add_argument("--out", default=None, help="write the results here as JSON (and a .md table beside it)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write a bar chart of the headline metrics here")
+    zeroshot = p.add_argument_group("zeroshot")
+    zeroshot.add_argument("--templates", default=None, help="prompt templates: imagenet (OpenAI's 80, default), "
+                          "imagenet_simple (their 7) or a file with one template per line, {} for the class name")
+    zeroshot.add_argument("--classnames", default=None,
+                          help="class names replacing the data's: a file (one per line, label order) or imagenet "
+                               "(OpenAI's names for the 1000 WordNet-id folders)")
+    zeroshot.add_argument("--zeroshot-format", choices=suites.ZEROSHOT_FORMATS, default=None,
+                          help="how --data is read (default: detected); tfds with --data TFDS_DIR reads the TFDS "
+                               "dataset named by zeroshot:NAME")
+    zeroshot.add_argument("--image-column", default="filepath", help="csv: the image path column (default filepath)")
+    zeroshot.add_argument("--label-column", default="label",
+                          help="csv / tfds: the label column or feature (default label)")
     grounding = p.add_argument_group("grounding")
-    grounding.add_argument("--dataset", choices=(*LAYOUTS, *ALIASES, "synthetic_shapes"), default=None,
-                           metavar="DATASET",
-                           help=f"split-file dataset ({', '.join(LAYOUTS)}, or an alias: {', '.join(ALIASES)}), "
-                                f"or synthetic_shapes for a run trained on the synthetic shapes")
+    grounding.add_argument("--dataset", choices=suites.GROUNDING_DATASETS, default=None, metavar="DATASET",
+                           help="the dataset of a bare --suite grounding (the same as grounding:DATASET): "
+                                f"{', '.join(suites.LAYOUTS)}, an alias ({', '.join(suites.ALIASES)}) or "
+                                "synthetic_shapes for a run trained on the synthetic shapes")
     grounding.add_argument("--image-root", default=None, help="the folder holding the dataset's images")
     grounding.add_argument("--data-root", default=None,
                            help="the reference's data root; images under its folder for the dataset")
@@ -82,36 +135,67 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                            help="splits to evaluate (default: the ones the paper reports for the dataset)")
     grounding.add_argument("--released-code", action="store_true",
                            help="truncate ground-truth boxes to integers as the released loader does")
-    grounding.add_argument("--grid", default=None, help="write a PNG of predicted vs ground-truth boxes here")
+    grounding.add_argument("--grid", default=None, help="write a PNG of predicted vs ground-truth boxes here "
+                           "(several grounding runs: STEM.DATASET.CHECKPOINT.png)")
     grounding.add_argument("--grid-samples", type=int, default=16, help="examples in the grid (default 16)")
     p.set_defaults(run=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from vlalign_jax.eval import suites
     from vlalign_jax.eval.reports import report
 
-    if args.suite == "grounding":
-        from vlalign_jax.eval import grounding_suite
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    repeated = sorted({c for c in args.checkpoint if args.checkpoint.count(c) > 1})
+    if repeated:
+        raise ValueError(f"--checkpoint {', '.join(repeated)} given more than once")
+    requests = [dataclasses.replace(r, images=r.images or args.image_root) if r.name == "grounding" else r
+                for r in suites.parse_requests(args.suite, args.data, args.images, args.dataset)]
+    options = suites.SuiteOptions(
+        batch_size=args.batch_size, subsets=None if args.subsets is None else tuple(args.subsets),
+        templates=args.templates, classnames=args.classnames, zeroshot_format=args.zeroshot_format,
+        image_column=args.image_column, label_column=args.label_column, split=args.split, data_root=args.data_root,
+        splits=None if args.splits is None else tuple(args.splits), released_code=args.released_code,
+        grid=args.grid, grid_samples=args.grid_samples)
+    names = suites.short_names(args.checkpoint)
+    single = len(args.checkpoint) == 1 and len(requests) == 1
 
-        if args.dataset is None:
-            raise ValueError(f"--suite grounding needs --dataset (one of {', '.join(grounding_suite.DATASETS)})")
-        results = grounding_suite.evaluate(
-            args.checkpoint, args.dataset, args.data, family=args.family, image_root=args.image_root,
-            data_root=args.data_root, splits=args.splits, batch_size=args.batch_size,
-            released_code=args.released_code, grid=args.grid, grid_samples=args.grid_samples)
-        report(results, grounding_suite.markdown_table(results), args.out)
+    def show(checkpoint: str, request: suites.SuiteRequest, results: dict) -> None:
+        print(f"## {request.label}: {names[checkpoint]}\n\n{suites.suite_table(request.label, results)}\n", flush=True)
         if results.get("grid"):
             print(f"wrote {results['grid']}")
-        return 0
-    from vlalign_jax.eval.compositional import evaluate_suite, markdown_table
-    from vlalign_jax.eval.encoders import clip_encoders, load_model
 
-    if args.data is None:
-        raise ValueError(f"--suite {args.suite} needs --data (the benchmark's data root)")
-    encode_images, encode_texts = clip_encoders(*load_model(args.checkpoint, args.family))
-    results = evaluate_suite(args.suite, args.data, encode_images, encode_texts, batch_size=args.batch_size,
-                             subsets=args.subsets)
-    report(results, markdown_table(results), args.out)
+    load = lambda path: suites.LoadedCheckpoint(path, args.family, args.tokenizer, args.max_num_patches,
+                                                args.batch_size)
+    results = suites.evaluate(args.checkpoint, requests, options, load, on_result=None if single else show)
+    if single:
+        only = results[args.checkpoint[0]][requests[0].label]
+        report(only, suites.suite_table(requests[0].label, only), args.out)
+        if only.get("grid"):
+            print(f"wrote {only['grid']}")
+    else:
+        print(f"## summary\n\n{suites.summary_table(suites.headline_metrics(results), names)}\n")
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
+            out.with_suffix(".md").write_text(suites.markdown_report(results, names) + "\n")
+            print(f"wrote {out} and {out.with_suffix('.md')}")
+    if args.plot:
+        from vlalign_jax.eval.bar_chart import write_bar_chart
+
+        headlines = suites.headline_metrics(results)
+        metrics = list(dict.fromkeys(m for by_metric in headlines.values() for m in by_metric))
+        values = [[None if by_metric.get(m) is None else 100 * by_metric[m] for m in metrics]
+                  for by_metric in headlines.values()]
+        write_bar_chart(args.plot, [f"{label}\n{metric}" for label, metric in metrics],
+                        [names[c] for c in headlines], values, title="vlalign eval: headline metrics", y_label="%")
+        print(f"wrote {args.plot}")
     return 0
 
 
