@@ -86,3 +86,12 @@ def test_a_run_whose_newest_checkpoint_is_damaged_resumes_from_the_previous_one_
     train(config, tmp_path)  # finds step 4 damaged, resumes at 2, trains 3 and 4 again
     assert (tmp_path / "checkpoints" / "corrupt-4").is_dir()
     jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path), want)
+
+
+def test_an_unusable_workdir_is_an_error_before_any_compute(tmp_path):
+    from vlalign_jax.train.workdir import WorkdirError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WorkdirError, match=r"workdir .*a_file/run is not writable.*nothing was trained"):
+        train(small_config(), blocker / "run")

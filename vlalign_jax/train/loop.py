@@ -40,6 +40,7 @@ from vlalign_jax.train.preemption import Preempted, PreemptionWatcher
 from vlalign_jax.train.state import TrainState
 from vlalign_jax.train.step import make_train_step
 from vlalign_jax.train.throughput import Throughput
+from vlalign_jax.train.workdir import check_workdir
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
     distributed.initialize(config.get("distributed", ml_collections.ConfigDict()))
     primary = jax.process_index() == 0
     if primary:
+        check_workdir(workdir)
         save_config(config, workdir)
     run = setup_run(config, method=method)
     if primary:
