@@ -9,8 +9,8 @@ import json
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 from PIL import Image
+from random_weights import scaled_random_params
 from test_fine_grained import make_tiny_fgclip
 
 from vlalign_jax import converters
@@ -30,20 +30,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 BATCH = "4"  # every encoder call in the command and in the direct calls: the same compiled shapes
 
 
-def random_params(abstract, seed):
-    """Weights at scales where embeddings move with the input (`jax.random` init would compile for ~7 s)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        values = rng.standard_normal(leaf.shape).astype(np.float32)
-        if path.endswith("scale"):
-            return 1 + 0.1 * values
-        if path.endswith("bias") or len(leaf.shape) < 2:
-            return 0.1 * values
-        return 0.5 * values if "embedding" in path else values / np.sqrt(np.prod(leaf.shape[:-1]))
-
-    flat = traverse_util.flatten_dict(abstract, sep="/")
-    return traverse_util.unflatten_dict({k: fill(k, v) for k, v in flat.items()}, sep="/")
+random_params = scaled_random_params
 
 
 def solid(colour, size, seed):

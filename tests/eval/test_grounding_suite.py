@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 from PIL import Image
+from random_weights import scaled_random_params
 
 from vlalign_jax import converters
 from vlalign_jax.cli import main
@@ -47,20 +47,8 @@ def write_unc_splits(root):
 
 
 def random_params(config, seed=3):
-    """Random weights at scales where the boxes move with the image, the text and the padding (a
-    jitted `init` of the tiny model costs ~7 s of compilation on the test machine)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        values = rng.standard_normal(leaf.shape).astype(np.float32)
-        if path.endswith("scale"):
-            return 1 + 0.1 * values
-        if path.endswith("bias") or len(leaf.shape) < 2:
-            return 0.1 * values
-        return 0.5 * values if "embedding" in path else values / np.sqrt(np.prod(leaf.shape[:-1]))
-
-    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return traverse_util.unflatten_dict({k: fill(k, v) for k, v in flat.items()}, sep="/")
+    """Random weights at scales where the boxes move with the image, the text and the padding."""
+    return scaled_random_params(abstract_params(config), seed)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ A malformed record or a missing image raises `RecordError` naming the file and t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vlalign_jax.data.records import RecordError
+from vlalign_jax.eval.benchmark_files import read_json
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels, as PIL crops
 
@@ -109,22 +109,12 @@ VGA_MIN_PAIR_COUNT = 25  # the reference drops attribute pairs with fewer test c
 ORDER_MAX_WORDS = 30  # the reference truncates Order captions to 30 words
 
 Tagger = Callable[[str], list[tuple[str, str]]]  # caption -> [(token, Penn Treebank tag)]
+LAYOUT_HINT = "see vlalign_jax.eval.compositional_formats for the expected layout under the data root"
 NOUN_TAGS = frozenset(("NN", "NNS", "NNP", "NNPS"))
 ADJ_TAGS = frozenset(("JJ", "JJR", "JJS"))
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-def _read_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found; see vlalign_jax.eval.compositional_formats for "
-                                "the expected layout under the data root")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not valid JSON: {e}") from e
-
 
 def _entries(data: Any, path: str, container: type) -> list[tuple[Any, Any]]:
     """(record id, record) pairs of a dict (ids are keys) or a list (ids are indices)."""
@@ -168,7 +158,7 @@ def load_sugarcrepe(data_dir: str, subsets: Sequence[str] | None = None) -> list
     image_dir = os.path.join(data_dir, "coco", "val2017")
     for subset in subsets or SUGARCREPE_SUBSETS:
         path = os.path.join(data_dir, "sugarcrepe", f"{subset}.json")
-        for record_id, record in _entries(_read_json(path), path, dict):
+        for record_id, record in _entries(read_json(path, LAYOUT_HINT), path, dict):
             where = _where(path, record_id)
             image = _image(os.path.join(image_dir, _text(record, "filename", where)), where)
             items.append(CompositionalItem(image, _text(record, "caption", where),
@@ -235,7 +225,7 @@ def _vg_items(data_dir: str, subset: str) -> list[CompositionalItem]:
     name = "relation" if subset == "VG-Relation" else "attribution"
     path = os.path.join(data_dir, "aro", f"visual_genome_{name}.json")
     items = []
-    for record_id, record in _entries(_read_json(path), path, list):
+    for record_id, record in _entries(read_json(path, LAYOUT_HINT), path, list):
         where = _where(path, record_id)
         image = _image(os.path.join(data_dir, "aro", "images", _text(record, "image_path", where)),
                        where)
@@ -263,7 +253,7 @@ def _order_items(data_dir: str, subset: str, tagger: Tagger, rng: np.random.Gene
                   else ("flickr30k", "flickr30k_test.json"))
     path = os.path.join(data_dir, root, name)
     items = []
-    for record_id, record in _entries(_read_json(path), path, list):
+    for record_id, record in _entries(read_json(path, LAYOUT_HINT), path, list):
         where = _where(path, record_id)
         image = _image(os.path.join(data_dir, root, _text(record, "image", where)), where)
         captions = record.get("caption")
@@ -325,7 +315,7 @@ def load_valse(data_dir: str, pieces: Sequence[str] | None = None, valid_only: b
     items = []
     for piece in pieces or VALSE_PIECES:
         path = os.path.join(data_dir, "valse", f"{piece}.json")
-        for record_id, record in _entries(_read_json(path), path, dict):
+        for record_id, record in _entries(read_json(path, LAYOUT_HINT), path, dict):
             where = _where(path, record_id)
             caption = _text(record, "caption", where)
             if valid_only:

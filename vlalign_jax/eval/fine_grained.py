@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlalign_jax.data.records import RecordError
 from vlalign_jax.eval import fine_grained_formats as formats
+from vlalign_jax.eval.benchmark_files import open_rgb
 from vlalign_jax.eval.fine_grained_formats import BoxClassData, FgovdItem, LongCaptionItem
 from vlalign_jax.eval.reports import report
 from vlalign_jax.eval.retrieval import retrieval_recall
@@ -58,14 +58,6 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """[n, 4] COCO (x, y, w, h) -> (x1, y1, x2, y2), as the reference's `(x, y, x + w, y + h)`."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-
-
-def _open_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RecordError(f"image {path}: cannot be read: {type(e).__name__}: {e}") from e
 
 
 def _unit_rows(embeds: Any, count: int, what: str, allow_zero: bool = False) -> np.ndarray:
@@ -91,7 +83,7 @@ def _encode_images(encode_images: EncodeImages, paths: list[str], batch_size: in
                    pool: ThreadPoolExecutor) -> np.ndarray:
     parts = []
     for start in range(0, len(paths), batch_size):
-        images = list(pool.map(_open_image, paths[start:start + batch_size]))
+        images = list(pool.map(open_rgb, paths[start:start + batch_size]))
         parts.append(_unit_rows(encode_images(images), len(images), "encode_images"))
     return np.concatenate(parts)
 
@@ -101,7 +93,7 @@ def _regions_per_image(paths: list[str], boxes: list[np.ndarray], encode_regions
     """Unit region embeddings [n_i, D] per image (boxes xyxy pixels), images read on threads."""
     out = []
     for start in range(0, len(paths), CHUNK_IMAGES):
-        images = pool.map(_open_image, paths[start:start + CHUNK_IMAGES])
+        images = pool.map(open_rgb, paths[start:start + CHUNK_IMAGES])
         for image, image_boxes in zip(images, boxes[start:start + CHUNK_IMAGES]):
             out.append(_unit_rows(encode_regions(image, image_boxes), len(image_boxes), "encode_regions",
                                   allow_zero=True))

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vlalign_jax.data.records import RecordError
+from vlalign_jax.eval.benchmark_files import read_json
 
 FGOVD_SUBSETS = ("hard", "medium", "easy", "trivial")
 # File-name prefixes of each difficulty (FG-CLIP's scripts use 1/2/3, its README h/m/e).
@@ -87,16 +88,6 @@ class BoxClassData(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-def _read_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not valid JSON: {e}") from e
-
 
 def _object(record: Any, where: str) -> dict:
     if not isinstance(record, dict):
@@ -210,7 +201,7 @@ def find_fgovd_files(source: str | Sequence[str], subsets: Sequence[str] | None 
 def read_sharegpt4v(path: str, image_root: str, limit: int | None = SHAREGPT4V_LIMIT) -> list[LongCaptionItem]:
     """The first `limit` records (None: all) of a ShareGPT4V-style JSON list: caption
     `conversations[1].value`, image `image` under `image_root` (or its base name there)."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise RecordError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     items = []
@@ -241,7 +232,7 @@ def read_dci(annotations_dir: str, image_root: str) -> list[LongCaptionItem]:
     items = []
     for name in names:
         path = os.path.join(annotations_dir, name)
-        record = _object(_read_json(path), path)
+        record = _object(read_json(path), path)
         caption = _text(record.get("extra_caption"), "field 'extra_caption'", path)
         image = _image(image_root, _text(record.get("image"), "field 'image'", path), path)
         items.append(LongCaptionItem(image, caption))
@@ -266,7 +257,7 @@ def _id(record: dict, key: str, where: str) -> Any:
 
 def read_coco_instances(path: str, image_root: str, include_crowd: bool = True) -> BoxClassData:
     """Classes (category names in file order) and the test boxes of each annotated image."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise RecordError(f"{path}: expected a COCO instances object, got {type(data).__name__}")
     category_ids, class_names = [], []

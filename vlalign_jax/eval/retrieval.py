@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlalign_jax.data.records import RecordError
+from vlalign_jax.eval.benchmark_files import open_rgb
 from vlalign_jax.eval.retrieval_data import RetrievalDataset
 
 EncodeImages = Callable[[list[Image.Image]], np.ndarray]  # n PIL RGB images -> [n, D]
@@ -108,14 +108,6 @@ def multi_caption_recall(image_embeds: np.ndarray, text_embeds: np.ndarray, text
     return out
 
 
-def _open_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RecordError(f"image {path}: cannot be read: {type(e).__name__}: {e}") from e
-
-
 def _encode(encode: Callable[[list], np.ndarray], inputs: Sequence, batch_size: int, what: str,
             load: Callable[[Any], Any] | None = None, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """L2-normalised float64 embeddings [len(inputs), D], `batch_size` inputs per call."""
@@ -148,7 +140,7 @@ def evaluate_retrieval(dataset: RetrievalDataset, encode_images: EncodeImages, e
     {'dataset', 'i2t_R@k'..., 't2i_R@k'..., 'num_images', 'num_texts', 'ties'}, JSON-serialisable.
     """
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        image_embeds = _encode(encode_images, dataset.images, batch_size, "encode_images", _open_image, pool)
+        image_embeds = _encode(encode_images, dataset.images, batch_size, "encode_images", open_rgb, pool)
     unique = {text: n for n, text in enumerate(dict.fromkeys(dataset.texts))}
     text_embeds = _encode(encode_texts, list(unique), batch_size, "encode_texts")
     text_embeds = text_embeds[[unique[text] for text in dataset.texts]]

@@ -24,7 +24,6 @@ file and the entry.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 
 from vlalign_jax.data.records import RecordError
 from vlalign_jax.eval import fine_grained_formats
+from vlalign_jax.eval.benchmark_files import read_json
 from vlalign_jax.eval.fine_grained_formats import LongCaptionItem
 
 __all__ = ["DATASETS", "KARPATHY_SPLITS", "RetrievalDataset", "from_pairs", "load_dataset", "read_coco_captions",
@@ -91,16 +91,6 @@ def from_pairs(name: str, items: Sequence[LongCaptionItem]) -> RetrievalDataset:
 
 # ----------------------------------------------------------------------------- checks
 
-def _read_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not valid JSON: {e}") from e
-
-
 def _field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """record[key], which must be of `kind` (a string: non-empty; never a bool)."""
     if not isinstance(record, dict):
@@ -136,7 +126,7 @@ def read_karpathy(path: str, image_root: str, split: str | Sequence[str] = "test
     unknown = sorted(set(splits) - set(KARPATHY_SPLITS))
     if unknown or not splits:
         raise ValueError(f"unknown Karpathy split(s) {unknown or splits}; known: {KARPATHY_SPLITS}")
-    data = _read_json(path)
+    data = read_json(path)
     images = _field(data, "images", list, path)
     dataset = data.get("dataset")
     groups = []
@@ -165,7 +155,7 @@ def read_coco_captions(path: str, image_root: str,
                        max_captions_per_image: int | None = COCO_CAPTIONS_PER_IMAGE) -> RetrievalDataset:
     """Every image of a COCO captions JSON by ascending id (torchvision `CocoCaptions` order) with its
     captions in file order, the first `max_captions_per_image` (None: all); images `image_root/file_name`."""
-    data = _read_json(path)
+    data = read_json(path)
     files: dict[Any, tuple[str, str]] = {}
     for index, record in enumerate(_field(data, "images", list, path)):
         where = f"{path} images[{index}]"

@@ -1,0 +1,32 @@
+"""Reading benchmark files: a JSON annotation file and an image, with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from PIL import Image
+
+from vlalign_jax.data.records import RecordError
+
+
+def read_json(path: str, hint: str = "") -> Any:
+    """The parsed JSON file at `path`; missing is FileNotFoundError (plus `hint` on where it should
+    be), unparsable is RecordError naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found" + (f"; {hint}" if hint else ""))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: not valid JSON: {e}") from e
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The image at `path`, decoded and converted to RGB; an unreadable one is RecordError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise RecordError(f"image {path}: cannot be read: {type(e).__name__}: {e}") from e
