@@ -2,6 +2,8 @@
 and follows the student after each step, it is checkpointed (a resume is exact), and the teacher-free
 NegCLIP setting needs no EMA."""
 
+import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -52,7 +54,11 @@ def test_batches_carry_negatives_and_the_teacher_follows_the_student():
 
 def test_resume_restores_the_teacher_exactly(tmp_path):
     straight = train(small_config(), tmp_path / "straight")
-    train(small_config(**{"train.steps": "2"}), tmp_path / "resumed")
+    # The run as if killed after step 2's checkpoint: its folder without step 4 and the rows after 2.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in read_metrics_jsonl(metrics) if r["step"] <= 2))
     resumed = train(small_config(), tmp_path / "resumed")  # continues from step 2
     assert resumed["loss/distill"] == straight["loss/distill"] != 0.0
     for a, b in zip(jax.tree.leaves(load_params(tmp_path / "straight")),

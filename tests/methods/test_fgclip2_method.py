@@ -4,6 +4,7 @@ clipped) is recomputed here in numpy from the step's own features, carried to th
 restored exactly on resume; and a SigLIP 2 checkpoint grows into FG-CLIP 2's tree."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import jax
@@ -82,7 +83,9 @@ def test_resume_restores_the_threshold_exactly(tmp_path):
     # step 2 would be; with a decaying schedule the total step count changes the first steps).
     config = {"train.steps": "4", "train.checkpoint_every": "2", "optim.final_lr_fraction": "1.0"}
     straight = train(small_config(**config), tmp_path / "straight")
-    train(small_config(**{**config, "train.steps": "2"}), tmp_path / "resumed")
+    # The run as if killed after step 2's checkpoint: its folder without step 4.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
     resumed = train(small_config(**config), tmp_path / "resumed")  # continues from step 2
     assert resumed["ranking_threshold"] == straight["ranking_threshold"] > 0.0
     assert resumed["loss/hard_rank"] == straight["loss/hard_rank"]
