@@ -16,8 +16,8 @@ import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 
-from vlalign_jax.converters.families import (DTYPES, FAMILIES, READERS, WRITERS, Checkpoint, check_family,
-                                             detect_family)
+from vlalign_jax.converters.families import (DTYPES, FAMILIES, PICKLING_FAMILIES, READERS, WRITERS, Checkpoint,
+                                             check_family, detect_family)
 from vlalign_jax.converters.table import CheckpointMismatchError
 from vlalign_jax.converters.torch_io import CheckpointFormatError
 from vlalign_jax.models.clip import CLIP
@@ -26,12 +26,22 @@ __all__ = ["load", "save", "read", "write", "convert", "FAMILIES", "Checkpoint",
            "CheckpointFormatError"]
 
 
-def read(path: str | Path, family: str | None = None, act: str | None = None) -> Checkpoint:
-    """Read any supported checkpoint into neutral form (params as stored, e.g. fp16 stays fp16)."""
+def read(path: str | Path, family: str | None = None, act: str | None = None,
+         trust_pickle: bool = False) -> Checkpoint:
+    """Read any supported checkpoint into neutral form (params as stored, e.g. fp16 stays fp16).
+
+    Torch files are read with `weights_only=True` (plus the few safe types CLIP-VG's `args` need);
+    `trust_pickle=True` unpickles anything a CLIP-VG file holds, running its code: trusted files only.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     family = check_family(family) if family else detect_family(path)
+    if trust_pickle and family not in PICKLING_FAMILIES:
+        raise ValueError(f"trust_pickle applies to the families {list(PICKLING_FAMILIES)}; {path} is {family!r}, "
+                         f"whose files are read without unpickling code")
+    if family in PICKLING_FAMILIES:
+        return READERS[family](path, act, trust_pickle=trust_pickle)
     return READERS[family](path, act)
 
 
@@ -41,12 +51,13 @@ def write(ckpt: Checkpoint, path: str | Path, family: str, overwrite: bool = Fal
 
 
 def load(path: str | Path, family: str | None = None, dtype: str = "fp32",
-         act: str | None = None) -> tuple[CLIP, dict]:
+         act: str | None = None, trust_pickle: bool = False) -> tuple[CLIP, dict]:
     """Load a checkpoint as `(model, params)`; the architecture comes from the checkpoint itself.
 
-    `act` overrides the activation for files that do not record it (bare open_clip weights).
+    `act` overrides the activation for files that do not record it (bare open_clip weights);
+    `trust_pickle` as in `read`.
     """
-    ckpt = read(path, family, act).cast(_dtype(dtype))
+    ckpt = read(path, family, act, trust_pickle).cast(_dtype(dtype))
     return model_for(ckpt.config), ckpt.nested_params()
 
 
@@ -59,9 +70,9 @@ def save(model: CLIP, params: Any, path: str | Path, family: str, dtype: str | N
 
 
 def convert(src: str | Path, dst: str | Path, src_family: str | None, dst_family: str, dtype: str = "fp32",
-            act: str | None = None, overwrite: bool = False) -> Checkpoint:
+            act: str | None = None, overwrite: bool = False, trust_pickle: bool = False) -> Checkpoint:
     """File to file; metadata a family carries (DeGLA's epoch and name) travels along."""
-    ckpt = read(src, src_family, act).cast(_dtype(dtype))
+    ckpt = read(src, src_family, act, trust_pickle).cast(_dtype(dtype))
     write(ckpt, dst, dst_family, overwrite)
     return ckpt
 

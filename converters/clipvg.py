@@ -17,6 +17,7 @@ ours), else the reference's defaults (8 heads, 0.1, (0, 3, 7, 11) for 12 blocks,
 from __future__ import annotations
 
 import argparse
+import pickle
 import functools
 import re
 from pathlib import Path
@@ -191,7 +192,15 @@ def load_state(path: str | Path, trusted: bool = False) -> tuple[dict[str, np.nd
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(str(path), map_location="cpu", weights_only=not trusted)
     except Exception as e:  # torch raises many types for corrupt or unsafe files; name the file once.
-        raise CheckpointFormatError(f"could not read {path} as a CLIP-VG checkpoint: {type(e).__name__}: {e}") from e
+        lines = str(e).splitlines() or [""]
+        detail, hint = lines[0], ""
+        if not trusted and isinstance(e, pickle.UnpicklingError):
+            # torch's message is a page long; its one informative line names the refused global.
+            detail = next((line.strip() for line in lines if "Unsupported global" in line), detail)
+            hint = ("; it pickles objects beyond tensors and argparse args: if you trust the file, pass "
+                    "--trust-pickle (trust_pickle=True), which runs its pickled code")
+        raise CheckpointFormatError(f"could not read {path} as a CLIP-VG checkpoint: {type(e).__name__}: "
+                                    f"{detail}{hint}") from e
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not a CLIP-VG checkpoint dict")
     model = obj.get("model", obj)

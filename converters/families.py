@@ -213,15 +213,19 @@ def _read_fgclip(path: Path, act: str | None) -> Checkpoint:
     return fgclip_hf.read(path, act)
 
 
-def _read_clipvg(path: Path, act: str | None) -> Checkpoint:
+def _read_clipvg(path: Path, act: str | None, trust_pickle: bool = False) -> Checkpoint:
     from vlalign_jax.converters import clipvg
 
-    state, meta = clipvg.load_state(path)
+    state, meta = clipvg.load_state(path, trusted=trust_pickle)
     config, params = clipvg.params_from_state(state, None, meta.get("args"), str(path), np.float32)
     return Checkpoint(config, params, {k: v for k, v in meta.items() if k == "epoch"})
 
 
-READERS: dict[str, Callable[[Path, str | None], Checkpoint]] = {
+# Families whose released files pickle Python objects besides tensors (CLIP-VG's argparse `args`): their
+# readers take `trust_pickle`, which lets torch unpickle anything (runs the file's code: trusted files only).
+PICKLING_FAMILIES = ("clipvg",)
+
+READERS: dict[str, Callable[..., Checkpoint]] = {
     "openai": read_openai, "open_clip": read_open_clip, "hf": read_hf, "degla": read_degla, "flax": read_flax,
     "fgclip": _read_fgclip, "clipvg": _read_clipvg,
 }

@@ -27,6 +27,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--act", choices=("quick_gelu", "gelu"), default=None,
                    help="activation, for open_clip files that do not record it (default: the family's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="CLIP-VG .pth files: unpickle any object the file holds (runs its code; trusted files "
+                        "only). Without it, only tensors and the argparse args are read")
     p.set_defaults(run=_run_convert)
 
 
@@ -41,7 +44,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from vlalign_jax import converters
 
     ckpt = converters.convert(args.src, args.dst, args.src_family, args.dst_family, args.dtype, args.act,
-                              args.overwrite)
+                              args.overwrite, args.trust_pickle)
     n = sum(v.size for v in ckpt.params.values())
     print(f"wrote {args.dst} ({args.dst_family}, {args.dtype}, {n / 1e6:.1f}M parameters, {_towers(ckpt.config)})")
     return 0

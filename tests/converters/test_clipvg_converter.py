@@ -331,3 +331,31 @@ def test_the_clipvg_family_is_detected_loaded_and_kept_through_flax(tmp_path):
     clip = CLIP(model.config.clip)
     with pytest.raises(ValueError, match="cannot be written as 'clipvg'"):
         converters.save(clip, params["clip"], tmp_path / "x.pth", "clipvg")
+
+
+def test_objects_beyond_tensors_and_args_need_trust_pickle(tmp_path, capsys):
+    """A file whose args hold an object torch's safe loader refuses (a date) is read only on request."""
+    import datetime
+
+    from vlalign_jax import converters
+    from vlalign_jax.cli import main
+
+    model = reference()
+    args = argparse.Namespace(model="ViT-B/16", vl_nheads=CONFIG.fusion_heads, vl_dropout=0.1,
+                              started=datetime.date(2024, 1, 1))
+    torch.save({"model": model.state_dict(), "epoch": 1, "args": args}, tmp_path / "dated.pth")
+    with pytest.raises(CheckpointFormatError, match=r"dated\.pth.*--trust-pickle"):
+        converters.load(tmp_path / "dated.pth", "clipvg")
+    assert main(["convert", str(tmp_path / "dated.pth"), str(tmp_path / "out"), "--from", "clipvg",
+                 "--to", "flax"]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["convert", str(tmp_path / "dated.pth"), str(tmp_path / "out"), "--from", "clipvg",
+                 "--to", "flax", "--trust-pickle"]) == 0
+    want = {k: v.numpy() for k, v in model.state_dict().items()}
+    _, params = converters.load(tmp_path / "dated.pth", "clipvg", trust_pickle=True)
+    got_back = clipvg.load_state(tmp_path / "dated.pth", trusted=True)[0]
+    assert all(np.array_equal(got_back[k], want[k]) for k in want)
+    flat_ours = converters.load(tmp_path / "out", "flax")[1]
+    jax.tree.map(np.testing.assert_array_equal, flat_ours, params)
+    with pytest.raises(ValueError, match="trust_pickle applies to the families"):
+        converters.load(tmp_path / "out", "flax", trust_pickle=True)
