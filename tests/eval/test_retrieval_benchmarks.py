@@ -379,3 +379,16 @@ def test_evaluate_retrieval_reports_bad_encoders_and_images(tmp_path):
     (tmp_path / "flickr30k-images" / "g.jpg").write_bytes(b"not an image")
     with pytest.raises(RecordError, match="g.jpg: cannot be read"):
         evaluate_retrieval(data, toy.encode_images, toy.encode_texts)
+
+
+def test_an_image_over_pils_pixel_limit_is_a_record_error_naming_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vlalign_jax.data.records import RecordError
+    from vlalign_jax.eval.benchmark_files import open_rgb
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels is then over twice the limit
+    with pytest.raises(RecordError, match="wide.png.*DecompressionBombError"):
+        open_rgb(str(path))

@@ -28,5 +28,5 @@ def open_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise RecordError(f"image {path}: cannot be read: {type(e).__name__}: {e}") from e
