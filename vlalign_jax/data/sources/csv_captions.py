@@ -26,12 +26,16 @@ class CsvImageText:
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         with open(self.path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter=separator)
-            columns = reader.fieldnames or []
-            missing = [c for c in (image_column, caption_column) if c not in columns]
-            if missing:
-                raise ValueError(f"{self.path}: no column {missing} (separator {separator!r}); "
-                                 f"the file has columns {columns}")
-            self.rows = [(row[image_column], row[caption_column]) for row in reader]
+            try:
+                columns = reader.fieldnames or []
+                missing = [c for c in (image_column, caption_column) if c not in columns]
+                if missing:
+                    raise ValueError(f"{self.path}: no column {missing} (separator {separator!r}); "
+                                     f"the file has columns {columns}")
+                self.rows = [(row[image_column], row[caption_column]) for row in reader]
+            except (UnicodeDecodeError, csv.Error) as e:  # bad bytes; a field over csv.field_size_limit()
+                raise RecordError(f"{self.path}: unreadable table near line {reader.line_num}: "
+                                  f"{type(e).__name__}: {e}") from e
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -42,14 +46,14 @@ class CsvImageText:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_path, caption = self.rows[index]
-        if caption is None or not caption.strip():
-            raise RecordError(f"{self.describe(index)}: empty caption")
-        if image_path is None:
+        if image_path is None or caption is None:
             raise RecordError(f"{self.describe(index)}: row has too few fields")
+        if not caption.strip():
+            raise RecordError(f"{self.describe(index)}: empty caption")
         try:
             with Image.open(self.image_root / image_path) as image:
                 image.load()  # decode now, so a truncated file fails here and names its row
                 rgb = image.convert("RGB")
-        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise RecordError(f"{self.describe(index)}: cannot read image: {type(e).__name__}: {e}") from e
         return {"image": rgb, "caption": caption, "index": index}

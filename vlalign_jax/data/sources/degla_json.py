@@ -38,7 +38,7 @@ DEGLA_NUM_NEGATIVES = 4  # enhanced[0..3], DeGLA data.py L419-426
 def coco_image_id(record: dict[str, Any], where: str) -> int:
     """The record's non-negative COCO id; an integer or a string of digits."""
     image_id = record.get("image_id")
-    if isinstance(image_id, str) and image_id.isdigit():
+    if isinstance(image_id, str) and image_id.isascii() and image_id.isdigit():  # not "²" or "٣"
         return int(image_id)
     if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id < 0:
         raise RecordError(f"{where}: 'image_id' must be a non-negative integer, got {image_id!r}")

@@ -110,12 +110,20 @@ class FgclipCaptionPairs:
         return example, record, where
 
 
+def _finite(value: int | float) -> bool:
+    """False for NaN, infinity and integers past float range (10**400 in a JSON file)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def normalized_box(raw: Any, tolerance: float, where: str) -> tuple[float, float, float, float]:
     """xyxy in [0, 1] from a FineHARD `bbox`; see the module docstring for what is clipped and what fails."""
     if not isinstance(raw, (list, tuple)) or len(raw) < 4:
         raise RecordError(f"{where}: 'bbox' must be a list of at least 4 numbers, got {raw!r}")
     coords = raw[:4]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coords):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in coords):
         raise RecordError(f"{where}: 'bbox' has a non-numeric or non-finite coordinate: {raw!r}")
     x1, y1, x2, y2 = (float(v) for v in coords)
     if x1 > x2 or y1 > y2:

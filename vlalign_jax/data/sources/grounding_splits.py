@@ -51,6 +51,7 @@ from PIL import Image
 
 from vlalign_jax.data.atomic_files import write_jsonl_atomic
 from vlalign_jax.data.records import RecordError
+from vlalign_jax.data.sources.json_records import json_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,10 @@ def _four_numbers(box: Any, what: str) -> list[float]:
     if (not isinstance(box, (list, tuple)) or len(box) != 4
             or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box)):
         raise _BadEntry(f"{what} must be 4 numbers, got {box!r}")
-    values = [float(v) for v in box]
+    try:
+        values = [float(v) for v in box]
+    except OverflowError:  # an integer past float range, e.g. 10**400 in a JSON line
+        raise _BadEntry(f"{what} has a coordinate too large for a float: {box!r}") from None
     if not all(math.isfinite(v) for v in values):
         raise _BadEntry(f"{what} has a non-finite coordinate: {values}")
     return values
@@ -250,14 +254,17 @@ class GroundingSplit:
         # Per record: (line number or None, raw entry or parsed JSON, JSON error message or None).
         self._rows: list[tuple[int | None, Any, str | None]] = []
         if self.is_jsonl:
-            with open(self.path, encoding="utf-8") as f:
-                for line_number, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        self._rows.append((line_number, json.loads(line.strip()), None))
-                    except json.JSONDecodeError as e:
-                        self._rows.append((line_number, None, f"malformed JSON at column {e.colno}: {e.msg}"))
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{self.path}: not UTF-8 text at byte {e.start}: {e.reason}") from e
+            for line_number, line in enumerate(text.split("\n"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    self._rows.append((line_number, json.loads(line.strip()), None))
+                except ValueError as e:  # JSONDecodeError, or an integer too long to convert
+                    self._rows.append((line_number, None, f"malformed JSON{json_error(e, line=False)}"))
         else:
             if self.layout is None:
                 raise ValueError(f"{self.path}: a .pth split file needs its dataset "
@@ -307,7 +314,7 @@ class GroundingSplit:
             with Image.open(self.image_root / record["image_file"]) as image:
                 image.load()  # decode now, so a truncated file fails here and names its record
                 rgb = image.convert("RGB")
-        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise RecordError(f"{self.describe(index)}: cannot read image: {type(e).__name__}: {e}") from e
         tol = self.box_tolerance
         if x1 < -tol or y1 < -tol or x2 > rgb.width + tol or y2 > rgb.height + tol:

@@ -42,6 +42,16 @@ def expand_json_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
     return files
 
 
+def json_error(error: ValueError, line: bool = True) -> str:
+    """Where and why `json.loads` failed: " at line L column C: why" for a `JSONDecodeError` (no line
+    for a one-line text), else ": why" (an integer longer than `sys.get_int_max_str_digits()` digits
+    is a plain ValueError)."""
+    if isinstance(error, json.JSONDecodeError):
+        where = f" at line {error.lineno} column {error.colno}" if line else f" at column {error.colno}"
+        return f"{where}: {error.msg}"
+    return f": {error}"
+
+
 class JsonRecordFiles:
     """The records of JSON files that each hold one JSON array of objects or JSON lines.
 
@@ -56,13 +66,17 @@ class JsonRecordFiles:
         positions: list[int] = []
         lines: list[int] = []  # 1-based line of a JSON lines record; 0 for a record of an array
         for file_id, path in enumerate(self.files):
-            text = path.read_text(encoding="utf-8-sig")
+            try:
+                text = path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}: not UTF-8 text at byte {e.start}: {e.reason}; "
+                                  f"no record of this file can be read") from e
             if text.lstrip().startswith("["):
                 try:
                     items = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise RecordError(f"{path}: malformed JSON array at line {e.lineno} column {e.colno}: "
-                                      f"{e.msg}; no record of this file can be read") from e
+                except ValueError as e:  # JSONDecodeError, or an integer too long to convert
+                    raise RecordError(f"{path}: malformed JSON array{json_error(e)}; "
+                                      f"no record of this file can be read") from e
                 line_numbers = [0] * len(items)
             else:
                 # split("\n"), not splitlines(): JSON strings may hold U+2028 and other separators raw.
@@ -92,8 +106,8 @@ class JsonRecordFiles:
         if self._lines[index]:
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{self.describe(index)}: malformed JSON at column {e.colno}: {e.msg}") from e
+            except ValueError as e:
+                raise RecordError(f"{self.describe(index)}: malformed JSON{json_error(e, line=False)}") from e
         if not isinstance(value, dict):
             raise RecordError(f"{self.describe(index)}: expected a JSON object, got {type(value).__name__}")
         return value
@@ -105,7 +119,7 @@ def read_rgb_image(path: Path, where: str) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise RecordError(f"{where}: cannot read image {path}: {type(e).__name__}: {e}") from e
 
 

@@ -89,20 +89,25 @@ def decode_image_text(sample: dict[str, Any], caption_field: str = "txt",
         with Image.open(io.BytesIO(sample[image_field])) as image:
             image.load()
             rgb = image.convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise RecordError(f"{where}: cannot decode {image_field}: {type(e).__name__}: {e}") from e
     if caption_field in sample:
-        caption = sample[caption_field].decode("utf-8")
+        try:
+            caption = sample[caption_field].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{where}: {caption_field} field is not UTF-8 text: {e}") from e
     elif "json" in sample:
         try:
             caption = json.loads(sample["json"]).get(json_caption_key)
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise RecordError(f"{where}: malformed json field: {e}") from e
+        except (ValueError, AttributeError) as e:  # ValueError: bad JSON or bad UTF-8
+            raise RecordError(f"{where}: malformed json field: {type(e).__name__}: {e}") from e
     else:
         caption = None
-    if not caption or not str(caption).strip():
+    if caption is not None and not isinstance(caption, str):
+        raise RecordError(f"{where}: json {json_caption_key!r} is {type(caption).__name__}, not a string")
+    if not caption or not caption.strip():
         raise RecordError(f"{where}: no caption ({caption_field!r} or json {json_caption_key!r})")
-    return {"image": rgb, "caption": str(caption), "key": sample["__key__"]}
+    return {"image": rgb, "caption": caption, "key": sample["__key__"]}
 
 
 def shard_paths(pattern: str) -> list[Path]:
