@@ -23,6 +23,17 @@ def read_json(path: str, hint: str = "") -> Any:
         raise RecordError(f"{path}: not valid JSON: {e}") from e
 
 
+def sorted_files(folder: str, suffix: str, what: str) -> list[str]:
+    """The names in `folder` ending in `suffix`, sorted; no folder or no such file is FileNotFoundError
+    saying which `what` (e.g. "DCI annotation") was looked for."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder of {what} files")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(suffix))
+    if not names:
+        raise FileNotFoundError(f"no {what} files (*{suffix}) in {folder}")
+    return names
+
+
 def open_rgb(path: str) -> Image.Image:
     """The image at `path`, decoded and converted to RGB; an unreadable one is RecordError naming it."""
     try:

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vlalign_jax.data.records import RecordError
-from vlalign_jax.eval.benchmark_files import read_json
+from vlalign_jax.eval.benchmark_files import read_json, sorted_files
 
 FGOVD_SUBSETS = ("hard", "medium", "easy", "trivial")
 # File-name prefixes of each difficulty (FG-CLIP's scripts use 1/2/3, its README h/m/e).
@@ -224,11 +224,7 @@ def read_sharegpt4v(path: str, image_root: str, limit: int | None = SHAREGPT4V_L
 def read_dci(annotations_dir: str, image_root: str) -> list[LongCaptionItem]:
     """One item per DCI annotation file (`*.json`, sorted by name): `extra_caption`, image
     `image_root/image`."""
-    if not os.path.isdir(annotations_dir):
-        raise FileNotFoundError(f"{annotations_dir} is not a folder of DCI annotation files")
-    names = sorted(n for n in os.listdir(annotations_dir) if n.endswith(".json"))
-    if not names:
-        raise FileNotFoundError(f"no DCI *.json annotation files in {annotations_dir}")
+    names = sorted_files(annotations_dir, ".json", "DCI annotation")
     items = []
     for name in names:
         path = os.path.join(annotations_dir, name)

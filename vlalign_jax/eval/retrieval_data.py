@@ -32,7 +32,7 @@ import numpy as np
 
 from vlalign_jax.data.records import RecordError
 from vlalign_jax.eval import fine_grained_formats
-from vlalign_jax.eval.benchmark_files import read_json
+from vlalign_jax.eval.benchmark_files import read_json, sorted_files
 from vlalign_jax.eval.fine_grained_formats import LongCaptionItem
 
 __all__ = ["DATASETS", "KARPATHY_SPLITS", "RetrievalDataset", "from_pairs", "load_dataset", "read_coco_captions",
@@ -185,11 +185,7 @@ def read_coco_captions(path: str, image_root: str,
 def read_urban1k(caption_dir: str, image_dir: str) -> RetrievalDataset:
     """Urban-1k: one image per `caption_dir/NAME.txt` (sorted by name), caption its first line, image
     `image_dir/NAME.jpg`."""
-    if not os.path.isdir(caption_dir):
-        raise FileNotFoundError(f"{caption_dir} is not a folder of Urban-1k caption files")
-    names = sorted(n for n in os.listdir(caption_dir) if n.endswith(".txt"))
-    if not names:
-        raise FileNotFoundError(f"no Urban-1k *.txt caption files in {caption_dir}")
+    names = sorted_files(caption_dir, ".txt", "Urban-1k caption")
     groups = []
     for name in names:
         path = os.path.join(caption_dir, name)
