@@ -30,6 +30,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
+from vlalign_jax.eval.region_encoders import pad_rows, stack_inputs, unit_rows
+
 EncodeImages = Callable[[list[Image.Image]], np.ndarray]
 EncodeTexts = Callable[[list[str]], np.ndarray]
 Tokenizer = Callable[[Sequence[str], int], np.ndarray]  # texts, length -> [n, length] int32
@@ -72,12 +74,6 @@ def device_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(list(jax.local_devices() if devices is None else devices)), (BATCH_AXIS,))
 
 
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """x with copies of its last row appended up to `rows` rows."""
-    missing = rows - len(x)
-    return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, axis=0)])
-
-
 def padded_rows(count: int, devices: int, cap: int) -> int:
     """Rows a batch of `count` is padded to: devices x a power of two, at most `cap` (a multiple of
     `devices`), so a run compiles few shapes and every device gets as many rows."""
@@ -106,24 +102,9 @@ class ShardedApply:
             chunk = [None if a is None else np.asarray(a[start:start + self.cap]) for a in arrays]
             n = len(chunk[0])
             rows = padded_rows(n, self.devices, self.cap)
-            batch = [None if a is None else jax.device_put(_pad_rows(a, rows), self.rows) for a in chunk]
+            batch = [None if a is None else jax.device_put(pad_rows(a, rows, edge=True), self.rows) for a in chunk]
             parts.append(np.asarray(self.fn(self.params, *batch), np.float32)[:n])
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _stack_fields(inputs: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
-    """Per-image input tuples -> batched fields, each padded along its first axis to the batch's
-    largest (NaFlex patches of several budgets: padded patches are masked)."""
-    fields = []
-    for field in zip(*inputs):
-        length = max(len(x) for x in field)
-        fields.append(np.stack([np.concatenate([x, np.zeros((length - len(x), *x.shape[1:]), x.dtype)])
-                                for x in field]))
-    return fields
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -154,7 +135,7 @@ def naflex_budget(checkpoint: str | Path | None, model: Any, requested: int | st
                   family: str | None = None) -> int | None:
     """The NaFlex patch budget per image (None: FG-CLIP 2's per-image rule): `requested` (an int or
     "dynamic"), else a workdir's `data.max_num_patches`, else FG-CLIP 2 dynamic / SigLIP 2 256."""
-    from vlalign_jax.eval.region_encoders import _run_config
+    from vlalign_jax.eval.region_encoders import run_config
 
     kind = model_kind(model)
     if kind not in ("fgclip2", "siglip"):
@@ -163,7 +144,7 @@ def naflex_budget(checkpoint: str | Path | None, model: Any, requested: int | st
                              f"a {type(model).__name__}, which takes square images")
         return None
     if requested is None and checkpoint is not None:
-        requested = (_run_config(checkpoint, family) or {}).get("data", {}).get("max_num_patches")
+        requested = (run_config(checkpoint, family) or {}).get("data", {}).get("max_num_patches")
     if requested is None:
         requested = "dynamic" if kind == "fgclip2" else SIGLIP_PATCH_BUDGET
     return None if requested == "dynamic" else int(requested)
@@ -174,10 +155,10 @@ def text_tokenizer(checkpoint: str | Path | None, model: Any, choice: str = "aut
     """The tokenizer `model` reads (`region_encoders.load_tokenizer`: a workdir's `data.tokenizer`, else
     by family); "auto" for SigLIP 2 outside a workdir is the Gemma tokenizer in the checkpoint folder."""
     from vlalign_jax.data.tokenizers import ClipTokenizer
-    from vlalign_jax.eval.region_encoders import TOKENIZER_FILES, _run_config, load_tokenizer
+    from vlalign_jax.eval.region_encoders import TOKENIZER_FILES, load_tokenizer, run_config
 
     kind = model_kind(model)
-    if choice != "auto" or (checkpoint is not None and _run_config(checkpoint, family) is not None):
+    if choice != "auto" or (checkpoint is not None and run_config(checkpoint, family) is not None):
         return load_tokenizer(checkpoint, model, choice, family=family)
     if kind == "siglip":
         if checkpoint is None or not any((Path(checkpoint) / name).exists() for name in TOKENIZER_FILES):
@@ -238,7 +219,7 @@ def dual_encoders(model: Any, params: Any, *, checkpoint: str | Path | None = No
             return np.zeros((0, 0), np.float32)
         with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
             inputs = list(pool.map(lambda image: one_image(image.convert("RGB")), images))
-        return _unit(image_call(*_stack_fields(inputs)))
+        return unit_rows(image_call(*stack_inputs(inputs, len(inputs))))
 
     def encode_texts(texts: list[str], walk: str = "short") -> np.ndarray:
         if walk not in walks:
@@ -250,7 +231,7 @@ def dual_encoders(model: Any, params: Any, *, checkpoint: str | Path | None = No
             ids, mask = (np.asarray(x, np.int32) for x in tokenizer.encode(list(texts), token_length))
         else:
             ids, mask = np.asarray(tokenizer(list(texts), token_length), np.int32), None
-        return _unit(text_calls[walk](ids, mask))
+        return unit_rows(text_calls[walk](ids, mask))
 
     return DualEncoders(kind, encode_images, encode_texts, tuple(walks))
 

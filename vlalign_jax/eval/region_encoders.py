@@ -79,7 +79,7 @@ def load_region_model(path: str | Path, family: str | None = None) -> tuple[nn.M
 
 # ----------------------------------------------------------------------------- tokenizers
 
-def _run_config(path: str | Path, family: str | None = None) -> dict | None:
+def run_config(path: str | Path, family: str | None = None) -> dict | None:
     """The saved training config of a `vlalign train` workdir (model.json + config.json), else None."""
     from vlalign_jax.train.config import CONFIG_FILE_NAME
     from vlalign_jax.train.export import MODEL_CONFIG_FILE
@@ -108,7 +108,7 @@ def load_tokenizer(checkpoint: str | Path | None, model: Any, choice: str = "aut
     kind, _, where = choice.partition(":")
     source = f"--tokenizer {choice}"
     if kind == "auto":
-        run = _run_config(checkpoint, family) if checkpoint is not None else None
+        run = run_config(checkpoint, family) if checkpoint is not None else None
         if run is not None:
             data = run.get("data", {})
             kind, source = data.get("tokenizer", "clip"), f"{checkpoint}/config.json (data.tokenizer)"
@@ -185,7 +185,7 @@ def _bucket(n: int, cap: int | None = None) -> int:
     return min(size, cap) if cap else size
 
 
-def _pad_rows(x: np.ndarray, rows: int, edge: bool = False) -> np.ndarray:
+def pad_rows(x: np.ndarray, rows: int, edge: bool = False) -> np.ndarray:
     """x padded along axis 0 to `rows`, with zeros or (edge) copies of its last row."""
     missing = rows - len(x)
     if missing <= 0:
@@ -194,17 +194,17 @@ def _pad_rows(x: np.ndarray, rows: int, edge: bool = False) -> np.ndarray:
     return np.concatenate([x, fill])
 
 
-def _stack_inputs(inputs: Sequence[Inputs], rows: int) -> Inputs:
+def stack_inputs(inputs: Sequence[Inputs], rows: int) -> Inputs:
     """Per-image inputs -> batched fields: each field padded along its first axis to the largest in the
     batch (NaFlex patches of several budgets; padding is masked), rows padded with copies of the last."""
     fields = []
     for field in zip(*inputs):
         length = max(len(x) for x in field)
-        fields.append(_pad_rows(np.stack([_pad_rows(x, length) for x in field]), rows, edge=True))
+        fields.append(pad_rows(np.stack([pad_rows(x, length) for x in field]), rows, edge=True))
     return tuple(fields)
 
 
-def _unit(x: Any) -> np.ndarray:
+def unit_rows(x: Any) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -348,14 +348,14 @@ def region_encoders(model: Any, params: Any, *, batch_size: int = 64, image_size
 
     def encode_dense(image: Image.Image) -> np.ndarray:
         inputs = one_image(image)
-        dense = calls.dense(model, params, _stack_inputs([inputs], 1))
+        dense = calls.dense(model, params, stack_inputs([inputs], 1))
         return calls.grid(np.asarray(dense[0], np.float32), inputs)
 
     def encode_regions(image: Image.Image, boxes_xyxy: np.ndarray) -> np.ndarray:
         boxes = normalized_boxes(boxes_xyxy, *image.size)
         rows = _bucket(len(boxes))
         mask = np.arange(rows) < len(boxes)
-        pooled = calls.regions(model, params, _stack_inputs([one_image(image)], 1), _pad_rows(boxes, rows)[None],
+        pooled = calls.regions(model, params, stack_inputs([one_image(image)], 1), pad_rows(boxes, rows)[None],
                                mask[None])
         return np.asarray(pooled[0, :len(boxes)], np.float32)
 
@@ -370,18 +370,18 @@ def region_encoders(model: Any, params: Any, *, batch_size: int = 64, image_size
         parts = []
         for start in range(0, len(ids), batch_size):
             count = len(ids[start:start + batch_size])
-            pad = lambda x: _pad_rows(x[start:start + batch_size], _bucket(count, batch_size), edge=True)
+            pad = lambda x: pad_rows(x[start:start + batch_size], _bucket(count, batch_size), edge=True)
             out = calls.text(model, params, pad(ids), None if masks is None else pad(masks), model_walk)
             parts.append(np.asarray(out[:count]))
-        return _unit(np.concatenate(parts)) if parts else np.zeros((0, 0), np.float32)
+        return unit_rows(np.concatenate(parts)) if parts else np.zeros((0, 0), np.float32)
 
     def encode_images(images: list[Image.Image]) -> np.ndarray:
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = [one_image(image) for image in images[start:start + batch_size]]
-            out = calls.image(model, params, _stack_inputs(chunk, _bucket(len(chunk), batch_size)))
+            out = calls.image(model, params, stack_inputs(chunk, _bucket(len(chunk), batch_size)))
             parts.append(np.asarray(out[:len(chunk)]))
-        return _unit(np.concatenate(parts)) if parts else np.zeros((0, 0), np.float32)
+        return unit_rows(np.concatenate(parts)) if parts else np.zeros((0, 0), np.float32)
 
     return RegionEncoders(encode_regions, encode_texts, encode_images, encode_dense, image_size, DENSE_WALKS[family])
 
@@ -418,6 +418,6 @@ def encoders_from_args(args: argparse.Namespace, batch_size: int = 64) -> Region
             raise ValueError(f"--max-num-patches is for FG-CLIP 2 (NaFlex); {args.checkpoint} holds a "
                              f"{type(model).__name__}, which takes square images")
     elif budget is None:
-        budget = (_run_config(args.checkpoint, args.family) or {}).get("data", {}).get("max_num_patches")
+        budget = (run_config(args.checkpoint, args.family) or {}).get("data", {}).get("max_num_patches")
     budget = None if budget == "dynamic" else budget
     return region_encoders(model, params, batch_size=batch_size, tokenizer=tokenizer, max_num_patches=budget)
