@@ -26,10 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image
-
 from vlalign_jax.data.records import RecordError
 from vlalign_jax.data.sources.csv_captions import CsvImageText
+from vlalign_jax.data.sources.json_records import read_rgb_image
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, so the same files are found.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -129,15 +128,6 @@ def _override(found: Sequence[str], class_names: ClassNames | None, where: str) 
     return tuple(names)
 
 
-def _open_rgb(path: Path, where: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here and names itself
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RecordError(f"{where}: cannot read image: {type(e).__name__}: {e}") from e
-
-
 class ImageFolderSource:
     """`ROOT/<class>/**/<image>` in torchvision `ImageFolder` order: `classes` are the sorted folder
     names and `samples` the `(path, label)` pairs."""
@@ -171,7 +161,7 @@ class ImageFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
-        return {"image": _open_rgb(Path(path), self.describe(index)), "label": label, "index": index}
+        return {"image": read_rgb_image(Path(path), self.describe(index)), "label": label, "index": index}
 
 
 def image_folder(root: str | os.PathLike, class_names: ClassNames | None = None,

@@ -12,9 +12,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from vlalign_jax.data.records import RecordError
+from vlalign_jax.data.sources.json_records import read_rgb_image
 
 
 class CsvImageText:
@@ -50,10 +49,5 @@ class CsvImageText:
             raise RecordError(f"{self.describe(index)}: row has too few fields")
         if not caption.strip():
             raise RecordError(f"{self.describe(index)}: empty caption")
-        try:
-            with Image.open(self.image_root / image_path) as image:
-                image.load()  # decode now, so a truncated file fails here and names its row
-                rgb = image.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise RecordError(f"{self.describe(index)}: cannot read image: {type(e).__name__}: {e}") from e
-        return {"image": rgb, "caption": caption, "index": index}
+        return {"image": read_rgb_image(self.image_root / image_path, self.describe(index)), "caption": caption,
+                "index": index}

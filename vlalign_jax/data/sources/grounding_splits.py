@@ -47,11 +47,10 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import numpy as np
-from PIL import Image
 
 from vlalign_jax.data.atomic_files import write_jsonl_atomic
 from vlalign_jax.data.records import RecordError
-from vlalign_jax.data.sources.json_records import json_error
+from vlalign_jax.data.sources.json_records import json_error, read_rgb_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,12 +309,7 @@ class GroundingSplit:
         x1, y1, x2, y2 = box
         if not (x2 > x1 and y2 > y1):
             raise RecordError(f"{self.describe(index)}: box {box} (x1y1x2y2) has no area")
-        try:
-            with Image.open(self.image_root / record["image_file"]) as image:
-                image.load()  # decode now, so a truncated file fails here and names its record
-                rgb = image.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise RecordError(f"{self.describe(index)}: cannot read image: {type(e).__name__}: {e}") from e
+        rgb = read_rgb_image(self.image_root / record["image_file"], self.describe(index))
         tol = self.box_tolerance
         if x1 < -tol or y1 < -tol or x2 > rgb.width + tol or y2 > rgb.height + tol:
             raise RecordError(f"{self.describe(index)}: box {box} (x1y1x2y2) lies outside the "
