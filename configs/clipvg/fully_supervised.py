@@ -20,6 +20,7 @@ reference's crop test and substring direction-word matching).
 import ml_collections
 
 from vlalign_jax.models.grounding import FREEZE, UNUSED
+from vlalign_jax.parallel.distributed import default_config as distributed_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -95,9 +96,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.num_heldout = 0  # 0 = every example of each split
 
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.coordinator_address = ""
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
-    config.distributed.auto = False
+    config.distributed = distributed_config()
     return config

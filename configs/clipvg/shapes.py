@@ -14,6 +14,7 @@ Held-out Acc@0.5 is logged as eval/grounding/val/acc@0.5.
 import ml_collections
 
 from vlalign_jax.models.grounding import FREEZE, UNUSED
+from vlalign_jax.parallel.distributed import default_config as distributed_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -87,9 +88,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.num_heldout = 512
 
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.coordinator_address = ""
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
-    config.distributed.auto = False
+    config.distributed = distributed_config()
     return config

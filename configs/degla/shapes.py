@@ -11,6 +11,8 @@ NegCLIP (global loss only): --config.degla.distill_weight=0 --config.degla.igc_w
 
 import ml_collections
 
+from vlalign_jax.parallel.distributed import default_config as distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -82,9 +84,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.num_heldout = 512
 
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.coordinator_address = ""
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
-    config.distributed.auto = False
+    config.distributed = distributed_config()
     return config

@@ -19,6 +19,8 @@ data that is not public); the region and hard temperatures are not clamped, as r
 
 import ml_collections
 
+from vlalign_jax.parallel.distributed import default_config as distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -104,9 +106,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.num_heldout = 2048
 
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.coordinator_address = ""
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
-    config.distributed.auto = False
+    config.distributed = distributed_config()
     return config

@@ -11,6 +11,8 @@ is logged as ranking_threshold.
 
 import ml_collections
 
+from vlalign_jax.parallel.distributed import default_config as distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -94,9 +96,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.num_heldout = 512
 
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.coordinator_address = ""
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
-    config.distributed.auto = False
+    config.distributed = distributed_config()
     return config

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo_runs import SMALL_MODEL
 from vlalign_jax.data.image_text import image_text_data
 from vlalign_jax.data.pipeline import train_iterator
 from vlalign_jax.data.records import RecordError
@@ -19,9 +20,6 @@ from vlalign_jax.train.config import build_config
 from vlalign_jax.train.metrics import read_metrics_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_MODEL = ("{'vision': {'image_size': 32, 'patch_size': 16, 'width': 32, 'layers': 1, 'heads': 2, "
-               "'mlp_dim': 64}, 'text': {'context_length': 24, 'width': 32, 'layers': 1, 'heads': 2, "
-               "'mlp_dim': 64}, 'embed_dim': 16}")
 WORDS = ["red", "green", "blue", "circle", "square", "tiny", "large", "photo"]
 
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from demo_runs import SMALL_MODEL
 from vlalign_jax.train.checkpoint import load_params
 from vlalign_jax.train.config import build_config
 from vlalign_jax.train.loop import setup_run, train
@@ -17,9 +18,6 @@ from vlalign_jax.train.metrics import read_metrics_jsonl
 from vlalign_jax.train.optim import decays
 
 SHAPES = str(Path(__file__).resolve().parents[2] / "configs/degla/shapes.py")
-SMALL_MODEL = ("{'vision': {'image_size': 32, 'patch_size': 16, 'width': 32, 'layers': 1, 'heads': 2, "
-               "'mlp_dim': 64}, 'text': {'context_length': 24, 'width': 32, 'layers': 1, 'heads': 2, "
-               "'mlp_dim': 64}, 'embed_dim': 16}")
 
 
 def small_config(**overrides):

@@ -1,12 +1,7 @@
 """A very small CLIP run config shared by the engine tests (fp32, seconds on a CPU)."""
 
-from pathlib import Path
+from demo_runs import DEMO, SMALL_MODEL
 from vlalign_jax.train.config import build_config
-
-DEMO = str(Path(__file__).resolve().parents[2] / "configs/demo/clip_shapes.py")
-SMALL_MODEL = ("{'vision': {'image_size': 32, 'patch_size': 16, 'width': 32, 'layers': 1, 'heads': 2, "
-               "'mlp_dim': 64}, 'text': {'context_length': 24, 'width': 32, 'layers': 1, 'heads': 2, "
-               "'mlp_dim': 64}, 'embed_dim': 16}")
 
 
 def small_config(**overrides):
