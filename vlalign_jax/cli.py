@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -357,12 +358,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     args.overrides = overrides
     from vlalign_jax.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
+    from vlalign_jax.train.watchdog import HUNG_EXIT_STATUS, PeerFailedError
 
     try:
         return args.run(args)
     except Preempted as e:  # a checkpoint was written: the scheduler may requeue the same command
         print(f"vlalign {args.command}: {e}", file=sys.stderr)
         return PREEMPTED_EXIT_STATUS
+    except PeerFailedError as e:
+        # The distributed runtime cannot shut down cleanly without the lost peer (it would abort and
+        # replace this status with 134), so leave at once; checkpoints were committed or abandoned.
+        print(f"vlalign {args.command}: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(HUNG_EXIT_STATUS)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # User-facing errors (bad checkpoint, wrong family, missing extra) print without a traceback.
         print(f"vlalign {args.command}: error: {e}", file=sys.stderr)

@@ -37,8 +37,10 @@ class Checkpointer:
 
     def __init__(self, workdir: str | Path, max_to_keep: int = 3, async_save: bool = True):
         self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        # A write cut off by a crash leaves its temporary folder; it is never taken for a step, and the
+        # next manager removes it.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                               create=True)
+                                               create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._unsealed: list[int] = []  # saved by this process, manifest not yet written
 

@@ -40,6 +40,7 @@ from vlalign_jax.train.preemption import Preempted, PreemptionWatcher
 from vlalign_jax.train.state import TrainState
 from vlalign_jax.train.step import make_train_step
 from vlalign_jax.train.throughput import Throughput
+from vlalign_jax.train.watchdog import HangWatchdog, PeerFailedError
 from vlalign_jax.train.workdir import check_workdir
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, method: Method
     """Train to `config.train.steps`, resuming from `workdir` if it holds checkpoints; returns the
     last logged metrics (including evaluations). Raises `Preempted` after checkpointing on SIGTERM
     (from the start of this call: a notice during setup stops after the first step)."""
-    with PreemptionWatcher() as preemption:
-        return _train(config, Path(workdir), method, preemption)
+    dist = config.get("distributed", ml_collections.ConfigDict())
+    with PreemptionWatcher() as preemption, HangWatchdog(dist.get("hang_timeout_s", 0.0), _which_process) as watchdog:
+        return _train(config, Path(workdir), method, preemption, watchdog)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | None,
-           preemption: PreemptionWatcher) -> dict[str, float]:
+           preemption: PreemptionWatcher, watchdog: HangWatchdog) -> dict[str, float]:
     distributed.initialize(config.get("distributed", ml_collections.ConfigDict()))
     primary = jax.process_index() == 0
     if primary:
@@ -147,6 +149,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
     checkpointer = Checkpointer(workdir, tc.get("keep_checkpoints", 3), tc.get("async_checkpoints", True))
     start = checkpointer.latest_valid_step()
     if start is None:
+        log.info("no checkpoint under %s: starting at step 0", checkpointer.directory)
         state, start = run.init_state(), 0
     else:
         log.info("resuming from %s at step %d", checkpointer.directory, start)
@@ -160,13 +163,19 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
     pending = None  # (step, metrics) of the previous step, read one step late so devices stay busy
     config_dict = config.to_dict()
     saved = start
+    step = start
+    step_fn = None  # compiled ahead of time at the first step: one compile, which also counts the FLOPs
     try:
         with run.context():
             for step in range(start + 1, tc.steps + 1):
+                if step_fn is not None:  # the previous step's work is handed over and logged
+                    watchdog.beat(f"running step {step}")
                 batch = run.global_batch(next(iterator))
-                if meter.flops_per_step is None:
-                    meter.flops_per_step = _flops(run.step_fn, state, batch)
-                state, metrics = run.step_fn(state, batch)
+                if step_fn is None:
+                    step_fn = run.step_fn.lower(state, batch).compile()
+                    meter.flops_per_step = _flops(step_fn)
+                    watchdog.beat(f"running step {step}, the first")  # arms the watchdog
+                state, metrics = step_fn(state, batch)
                 errors.check()
                 if pending is not None:
                     last = _log(pending, tc, writer, bar, meter, last, errors)
@@ -183,9 +192,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
                         checkpointer.save(step, state, iterator, config_dict)
                     raise Preempted(step, str(checkpointer.directory))
                 if tc.get("eval_every") and (step % tc.eval_every == 0 or step == tc.steps):
-                    last = {**last, **_evaluate(run.method, state, writer, step)}
+                    with watchdog.paused():
+                        last = {**last, **_evaluate(run.method, state, writer, step)}
             if pending is not None:
                 last = _log(pending, tc, writer, bar, meter, last, errors, force=True)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() > 1:
+            raise PeerFailedError(step, e) from e
+        raise
     finally:
         # A save already started holds a good state: let it finish whatever stopped the loop.
         checkpointer.wait()
@@ -196,9 +210,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
     return last
 
 
-def _flops(jitted, state, batch) -> float | None:
+def _which_process() -> str:
+    return f"This is process {jax.process_index()} of {jax.process_count()}."
+
+
+def _flops(compiled) -> float:
     try:
-        cost = jitted.lower(state, batch).compile().cost_analysis()
+        cost = compiled.cost_analysis()
     except Exception as e:  # cost analysis is optional on some backends; MFU is then not reported
         log.info("no FLOP count for this backend (%s); MFU will not be reported", e)
         return 0.0

@@ -1,0 +1,80 @@
+"""A dead or hung peer in a 2-process run: the surviving process exits with an error naming the failure
+within the configured timeout (`distributed.hang_timeout_s`), instead of waiting forever in a collective.
+
+Killed peer: its sockets close, the next collective fails, and the survivor reports a failed collective.
+Stopped peer (SIGSTOP: alive, holding its connections, silent): only the watchdog can tell; it fires after
+`hang_timeout_s` without a completed step. JAX's own heartbeat check is set far beyond both (300 s), so
+what is measured here is ours. Both exit with status 69 (EX_UNAVAILABLE)."""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from demo_runs import ROOT, cpu_env, free_port, train_command
+from vlalign_jax.train.watchdog import HUNG_EXIT_STATUS
+
+HANG_TIMEOUT_S = 8
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+def _start_pair(workdir: Path, cache: Path) -> list[subprocess.Popen]:
+    port = free_port()
+    overrides = {"train.steps": 100_000, "train.batch_size": 16, "train.checkpoint_every": 5, "train.log_every": 2,
+                 "distributed.coordinator_address": f"127.0.0.1:{port}", "distributed.num_processes": 2,
+                 "distributed.heartbeat_timeout_s": 300, "distributed.hang_timeout_s": HANG_TIMEOUT_S}
+    return [subprocess.Popen(train_command(workdir, {**overrides, "distributed.process_id": i}), env=cpu_env(1, cache),
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+
+
+def _wait_for_step(workdir: Path, step: int, procs, timeout: float = 300) -> None:
+    metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if metrics.exists():
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+            if any(row.get("step", 0) >= step for row in rows):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the pair did not reach step {step}: " + " | ".join(
+        (p.communicate()[0] or "")[-1500:] for p in procs if p.poll() is not None))
+
+
+def _fail_peer(tmp_path, cache, how: int) -> tuple[int, str, float]:
+    """Start a pair, hit process 1 with signal `how` mid-training; process 0's status, output, seconds."""
+    procs = _start_pair(tmp_path, cache)
+    try:
+        _wait_for_step(tmp_path, 12, procs)  # past a checkpoint: saves are collective too
+        procs[1].send_signal(how)
+        hit = time.monotonic()
+        out, _ = procs[0].communicate(timeout=HANG_TIMEOUT_S + 60)
+        return procs[0].returncode, out, time.monotonic() - hit
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_peer_stops_the_survivor_with_a_named_error(tmp_path, compilation_cache):
+    status, out, seconds = _fail_peer(tmp_path, compilation_cache, signal.SIGKILL)
+    assert status == HUNG_EXIT_STATUS, out[-3000:]
+    assert "most likely died" in out and ("collective failed" in out or "no training progress" in out), out[-3000:]
+    assert seconds < HANG_TIMEOUT_S + 5, seconds
+
+
+@pytest.mark.slow
+def test_a_hung_peer_stops_the_survivor_after_the_hang_timeout(tmp_path, compilation_cache):
+    status, out, seconds = _fail_peer(tmp_path, compilation_cache, signal.SIGSTOP)
+    assert status == HUNG_EXIT_STATUS, out[-3000:]
+    assert f"(hang timeout {HANG_TIMEOUT_S} s)" in out and "process 0 of 2" in out, out[-3000:]
+    assert HANG_TIMEOUT_S - 1 <= seconds < HANG_TIMEOUT_S + 5, seconds
+    assert (tmp_path / "checkpoints" / "10").is_dir()  # what was committed before stays
