@@ -56,12 +56,41 @@ _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_laye
                         image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 
 
+def sub_config(cfg: Mapping[str, Any], name: str, defaults: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`cfg[name]` over `defaults`; a sub-config that is not a JSON object is an error naming it."""
+    sub = cfg.get(name) or {}
+    if not isinstance(sub, Mapping):
+        raise ValueError(f"{source}: {name} must be an object, got {sub!r}")
+    return {**defaults, **sub}
+
+
+def require_positive_ints(fields: Mapping[str, Any], names: Any, source: str, where: str = "") -> None:
+    """Sizes read from a config must be positive integers (not strings, floats, bools or null)."""
+    bad = [f"{where}{n}={fields[n]!r}" for n in names
+           if isinstance(fields[n], bool) or not isinstance(fields[n], int) or fields[n] <= 0]
+    if bad:
+        raise ValueError(f"{source}: these fields must be positive integers: {', '.join(bad)}")
+
+
+_TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "max_position_embeddings", "eos_token_id")
+_VISION_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                 "patch_size")
+
+
 def config_from_json(cfg: Mapping[str, Any], source: str) -> ClipConfig:
     """transformers `CLIPConfig` dict -> ClipConfig; towers with different activations are refused."""
     if cfg.get("model_type", "clip") != "clip":
         raise ValueError(f"{source}: model_type {cfg.get('model_type')!r} is not a CLIP model")
-    t = {**_TEXT_DEFAULTS, **cfg.get("text_config", {})}
-    v = {**_VISION_DEFAULTS, **cfg.get("vision_config", {})}
+    t = sub_config(cfg, "text_config", _TEXT_DEFAULTS, source)
+    v = sub_config(cfg, "vision_config", _VISION_DEFAULTS, source)
+    require_positive_ints(t, _TEXT_SIZES, source, "text_config.")
+    require_positive_ints(v, _VISION_SIZES, source, "vision_config.")
+    require_positive_ints({"projection_dim": cfg.get("projection_dim", 512)}, ["projection_dim"], source)
+    for name, tower in (("text_config", t), ("vision_config", v)):
+        if tower["hidden_size"] % tower["num_attention_heads"]:
+            raise ValueError(f"{source}: {name}.hidden_size {tower['hidden_size']} is not divisible by "
+                             f"num_attention_heads {tower['num_attention_heads']}")
     if t["hidden_act"] != v["hidden_act"] or t["layer_norm_eps"] != v["layer_norm_eps"]:
         raise ValueError(f"{source}: the text and vision towers use different activations or LayerNorm eps "
                          f"({t['hidden_act']}/{t['layer_norm_eps']} vs {v['hidden_act']}/{v['layer_norm_eps']}); "

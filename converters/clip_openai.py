@@ -15,6 +15,7 @@ import numpy as np
 
 from vlalign_jax.converters.table import (CONV, FUSED_QKV_BIAS, FUSED_QKV_WEIGHT, IDENTITY, LINEAR,
                                           CheckpointMismatchError, Rule, rule)
+from vlalign_jax.converters.torch_io import CheckpointFormatError
 from vlalign_jax.models.clip import ClipConfig, TextConfig, VisionConfig
 
 # Entries that are not learned weights: OpenAI's TorchScript archives record sizes next to the weights,
@@ -79,16 +80,25 @@ def _count_layers(state: Mapping[str, np.ndarray], prefix: str) -> int:
 
 
 def infer_config(state: Mapping[str, np.ndarray], act: str, source: str, vision_heads: int | None = None,
-                 text_heads: int | None = None) -> ClipConfig:
+                 text_heads: int | None = None, key_prefix: str = "") -> ClipConfig:
     """Rebuild the architecture from tensor shapes; missing keys needed for that are listed. Head
     counts leave no trace in the shapes: pass them when a config records them, else width // 64 (every
-    OpenAI model; open_clip configs may differ, e.g. ViT-H-14's 16 heads of 80)."""
+    OpenAI model; open_clip configs may differ, e.g. ViT-H-14's 16 heads of 80). Errors name keys as the file
+    spells them: `key_prefix` is what the caller stripped (CLIP-VG's `clip.`)."""
     needed = ["visual.conv1.weight", "visual.positional_embedding", "visual.transformer.resblocks.0.mlp.c_fc.weight",
               "text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight",
               "transformer.resblocks.0.mlp.c_fc.weight"]
     missing = [k for k in needed if k not in state]
     if missing:
-        raise CheckpointMismatchError(source, missing=missing)
+        raise CheckpointMismatchError(source, missing=[key_prefix + k for k in missing])
+    ranks = dict(zip(needed, (4, 2, 2, 2, 2, 2, 1, 2)))
+    wrong = [f"{key_prefix}{k} {tuple(np.shape(state[k]))}" for k, n in ranks.items()
+             if np.ndim(state[k]) != n or 0 in np.shape(state[k])]
+    if "logit_bias" in state and np.size(state["logit_bias"]) != 1:
+        wrong.append(f"{key_prefix}logit_bias {tuple(np.shape(state['logit_bias']))}")
+    if wrong:
+        raise CheckpointFormatError(f"{source}: the architecture is read from these tensors' shapes, which cannot be "
+                                    f"right: {', '.join(wrong)}")
     vision_width, _, patch, _ = state["visual.conv1.weight"].shape
     grid = round(math.sqrt(state["visual.positional_embedding"].shape[0] - 1))
     text_width = state["ln_final.weight"].shape[0]
@@ -100,6 +110,10 @@ def infer_config(state: Mapping[str, np.ndarray], act: str, source: str, vision_
         vocab_size=state["token_embedding.weight"].shape[0], context_length=state["positional_embedding"].shape[0],
         width=text_width, layers=_count_layers(state, "transformer"), heads=text_heads or max(text_width // 64, 1),
         mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], pool="argmax")
+    for tower, key in ((vision, "visual.conv1.weight"), (text, "ln_final.weight")):
+        if tower.width % tower.heads:
+            raise CheckpointFormatError(f"{source}: a width of {tower.width} (read from {key_prefix}{key}) cannot be "
+                                        f"split into {tower.heads} attention heads")
     bias = float(np.asarray(state["logit_bias"], np.float32)) if "logit_bias" in state else None
     return ClipConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text, act=act,
                       logit_bias_init=bias)

@@ -142,8 +142,7 @@ def params_from_state(state: Mapping[str, np.ndarray], config: GroundingConfig |
     state = clip_openai.strip_prefix(state)
     config = config or infer_config(state, args or {}, source)
     check_arrays(state, state_shapes(config), source)
-    differ = [f"{alias_of(k)} != {k}" for k in state
-              if alias_of(k) and not np.array_equal(state[alias_of(k)], state[k])]
+    differ = [f"{alias_of(k)} != {k}" for k in state if alias_of(k) and not _same_tensor(state[alias_of(k)], state[k])]
     if differ:
         raise CheckpointFormatError(f"{source}: aliased entries hold different values: " + ", ".join(differ))
     canonical = {k: v for k, v in state.items() if not k.startswith((IMAGE_ALIAS, TEXT_ALIAS))}
@@ -153,6 +152,12 @@ def params_from_state(state: Mapping[str, np.ndarray], config: GroundingConfig |
     return config, params
 
 
+def _same_tensor(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise equality, as one storage saved twice is (NaN included, which `==` never equals)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 def infer_config(state: Mapping[str, np.ndarray], args: Mapping[str, Any], source: str) -> GroundingConfig:
     """The architecture from tensor shapes, plus `args` for what shapes do not show (heads, dropout)."""
     needed = ["vl_pos_embed.weight", "visu_proj.weight", "ml_visu_proj.weight",
@@ -160,8 +165,12 @@ def infer_config(state: Mapping[str, np.ndarray], args: Mapping[str, Any], sourc
     missing = [k for k in needed if k not in state]
     if missing:
         raise CheckpointMismatchError(source, missing=missing)
+    wrong = [f"{k} {tuple(np.shape(state[k]))}" for k in needed if np.ndim(state[k]) != 2 or 0 in np.shape(state[k])]
+    if wrong:
+        raise CheckpointFormatError(f"{source}: the architecture is read from these tensors' shapes, which cannot be "
+                                    f"right: {', '.join(wrong)}")
     clip_state = {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}
-    clip = clip_openai.infer_config(clip_state, "quick_gelu", source)
+    clip = clip_openai.infer_config(clip_state, "quick_gelu", source, key_prefix="clip.")
     layers = clip.vision.layers
     feature_layers = tuple(args.get("feature_layers") or default_feature_layers(layers))
     levels = state["ml_visu_proj.weight"].shape[1] // clip.vision.width
@@ -169,13 +178,16 @@ def infer_config(state: Mapping[str, np.ndarray], args: Mapping[str, Any], sourc
         raise ValueError(f"{source}: ml_visu_proj takes {levels} levels but feature layers {feature_layers} are "
                          f"{len(feature_layers)}; pass a GroundingConfig with the right feature_layers")
     count = lambda pattern: len({m.group(1) for k in state if (m := re.match(pattern, k))})
-    return GroundingConfig(
-        clip=clip, feature_layers=feature_layers, hidden_dim=state["vl_pos_embed.weight"].shape[1],
-        fusion_layers=count(r"vl_transformer\.encoder\.layers\.(\d+)\."),
-        fusion_heads=int(args.get("vl_nheads", 8)),
-        fusion_mlp_dim=state["vl_transformer.encoder.layers.0.linear1.weight"].shape[0],
-        dropout=float(args.get("vl_dropout", 0.1)), head_layers=count(r"bbox_embed\.layers\.(\d+)\."),
-        visu_proj_in_dim=state["visu_proj.weight"].shape[1])
+    try:
+        return GroundingConfig(
+            clip=clip, feature_layers=feature_layers, hidden_dim=state["vl_pos_embed.weight"].shape[1],
+            fusion_layers=count(r"vl_transformer\.encoder\.layers\.(\d+)\."),
+            fusion_heads=int(args.get("vl_nheads", 8)),
+            fusion_mlp_dim=state["vl_transformer.encoder.layers.0.linear1.weight"].shape[0],
+            dropout=float(args.get("vl_dropout", 0.1)), head_layers=count(r"bbox_embed\.layers\.(\d+)\."),
+            visu_proj_in_dim=state["visu_proj.weight"].shape[1])
+    except ValueError as e:  # GroundingConfig's own checks (heads divide hidden_dim, ...) do not know the file
+        raise ValueError(f"{source}: {e}") from e
 
 
 def load_state(path: str | Path, trusted: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -217,7 +229,8 @@ def load_state(path: str | Path, trusted: bool = False) -> tuple[dict[str, np.nd
 
 def is_clipvg_file(path: str | Path) -> bool:
     """Whether a torch file holds a CLIP-VG model: a dict whose `model` state_dict has the fusion
-    encoder (`vl_transformer.*`). Unreadable files are not CLIP-VG (the family's reader says why)."""
+    encoder (`vl_transformer.*`, DDP's `module.` prefix allowed, as the reader strips it). Unreadable files
+    are not CLIP-VG (the family's reader says why)."""
     torch = require_torch()
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
@@ -225,7 +238,8 @@ def is_clipvg_file(path: str | Path) -> bool:
     except Exception:  # noqa: BLE001 - any failure means "not this family"; detection moves on
         return False
     model = obj.get("model") if isinstance(obj, Mapping) else None
-    return isinstance(model, Mapping) and any(str(k).startswith("vl_transformer.") for k in model)
+    return isinstance(model, Mapping) and any(str(k).removeprefix("module.").startswith("vl_transformer.")
+                                              for k in model)
 
 
 def read_clipvg(path: str | Path, config: GroundingConfig | None = None, dtype: Any = np.float32,

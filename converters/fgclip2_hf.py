@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from flax import traverse_util
-from vlalign_jax.converters import siglip2_hf
+from vlalign_jax.converters import clip_hf, siglip2_hf
 from vlalign_jax.converters.table import (
     LINEAR,
     Rule,
@@ -42,6 +42,7 @@ from vlalign_jax.converters.torch_io import (
     CheckpointFormatError,
     atomic_dir,
     hf_weight_keys,
+    read_json,
     save_state_dict,
 )
 
@@ -107,13 +108,13 @@ def config_from_json(cfg: Mapping[str, Any], source: str) -> Fgclip2Config:
     """An `Fgclip2Config` dict -> Fgclip2Config (SigLIP 2 fields via siglip2_hf, plus keep_len/longtext_len)."""
     if cfg.get("model_type") != MODEL_TYPE:
         raise ValueError(f"{source}: model_type {cfg.get('model_type')!r} is not an FG-CLIP 2 model ({MODEL_TYPE!r})")
-    text = dict(cfg.get("text_config") or {})
+    text = clip_hf.sub_config(cfg, "text_config", {}, source)
     siglip = siglip2_hf.config_from_json({**cfg, "model_type": "siglip2"}, source)
     fields = {f.name: getattr(siglip, f.name) for f in dataclasses.fields(siglip)}
     try:
         return Fgclip2Config(**fields, keep_len=int(text.get("keep_len", 20)),
                              long_context_length=int(text.get("longtext_len", 196)))
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {e}") from e
 
 
@@ -173,7 +174,7 @@ def read(path: Path, act: str | None = None):
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointFormatError(f"{path}: an FG-CLIP 2 Hugging Face checkpoint is a folder with config.json")
-    raw = json.loads((path / "config.json").read_text())
+    raw = read_json(path / "config.json")
     config = config_from_json(raw, str(path / "config.json"))
     if act is not None and act != config.act:
         raise ValueError(f"{path}/config.json says hidden_act={config.act!r}, but act={act!r} was requested")
@@ -207,8 +208,8 @@ def is_fgclip2_folder(path: Path) -> bool:
     if not (path / "config.json").exists():
         return False
     try:
-        raw = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError:
+        raw = read_json(path / "config.json")
+    except CheckpointFormatError:
         return False
     if raw.get("model_type") == MODEL_TYPE:
         return True

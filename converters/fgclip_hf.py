@@ -19,6 +19,7 @@ hard-codes 248-row long tables with keep_len 20; reading does the same, writing 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +29,8 @@ from flax import traverse_util
 
 from vlalign_jax.converters import clip_hf
 from vlalign_jax.converters.table import LINEAR, Rule, expand, from_theirs, rule, to_theirs
-from vlalign_jax.converters.torch_io import CheckpointFormatError, atomic_dir, hf_weight_keys, save_state_dict
+from vlalign_jax.converters.torch_io import (CheckpointFormatError, atomic_dir, hf_weight_keys, read_json,
+                                             save_state_dict)
 from vlalign_jax.models.fgclip import EOS_TOKEN_ID, KEEP_LEN, FgClipConfig, abstract_params
 
 # The remote-code model hard-codes these (modeling_clip.py:258-265, fgclip.py:54-56).
@@ -59,8 +61,14 @@ def layer_counts(config: FgClipConfig) -> dict[str, int]:
 
 
 def param_shapes(config: FgClipConfig) -> dict[str, tuple[int, ...]]:
+    """Our flat `{path: shape}` for `config` (traced once per config, then cached)."""
+    return dict(_param_shapes(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: FgClipConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return {k: tuple(v.shape) for k, v in flat.items()}
+    return tuple((k, tuple(v.shape)) for k, v in flat.items())
 
 
 def config_from_json(cfg: Mapping[str, Any], source: str) -> FgClipConfig:
@@ -107,7 +115,7 @@ def read(path: Path, act: str | None = None):
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointFormatError(f"{path}: an FG-CLIP Hugging Face checkpoint is a folder with config.json")
-    raw = json.loads((path / "config.json").read_text())
+    raw = read_json(path / "config.json")
     config = config_from_json(raw, str(path / "config.json"))
     if act is not None and act != config.act:
         raise ValueError(f"{path}/config.json says hidden_act={config.act!r}, but act={act!r} was requested")
@@ -135,8 +143,9 @@ def is_fgclip_folder(path: Path) -> bool:
     path = Path(path)
     if not (path / "config.json").exists():
         return False
-    raw = json.loads((path / "config.json").read_text())
-    if any("FGCLIP" in a for a in raw.get("architectures") or []):
+    raw = read_json(path / "config.json")
+    architectures = raw.get("architectures")
+    if isinstance(architectures, list) and any("FGCLIP" in str(a) for a in architectures):
         return True
     return "text_filip_projection.weight" in hf_weight_keys(path)
 

@@ -9,6 +9,7 @@ Only the MAP head's `torch.nn.MultiheadAttention` is not a plain rename: its pac
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flax import traverse_util
 
+from vlalign_jax.converters import clip_hf
 from vlalign_jax.converters.table import (FUSED_QKV_BIAS, FUSED_QKV_WEIGHT, LINEAR, Rule, Transform, expand,
                                           from_theirs, rule, to_theirs)
 from vlalign_jax.converters.torch_io import (CheckpointFormatError, atomic_dir, load_safetensors,
-                                             load_torch_object, save_state_dict, tensors_to_numpy)
+                                             load_torch_object, read_json, save_state_dict, tensors_to_numpy)
 from vlalign_jax.models.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig, abstract_params
 
 if TYPE_CHECKING:
@@ -95,19 +97,29 @@ def layer_counts(config: SiglipConfig) -> dict[str, int]:
 
 
 def param_shapes(config: SiglipConfig) -> dict[str, tuple[int, ...]]:
+    """Our flat `{path: shape}` for `config` (traced once per config, then cached)."""
+    return dict(_param_shapes(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: SiglipConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return {k: tuple(v.shape) for k, v in flat.items()}
+    return tuple((k, tuple(v.shape)) for k, v in flat.items())
 
 
 def config_from_json(cfg: Mapping[str, Any], source: str) -> SiglipConfig:
     """transformers `Siglip2Config` dict -> SiglipConfig; what we cannot represent is refused by name."""
     if cfg.get("model_type") != "siglip2":
         raise ValueError(f"{source}: model_type {cfg.get('model_type')!r} is not a SigLIP 2 model ('siglip2')")
-    t = {**_TEXT_DEFAULTS, **(cfg.get("text_config") or {})}
-    v = {**_VISION_DEFAULTS, **(cfg.get("vision_config") or {})}
+    t = clip_hf.sub_config(cfg, "text_config", _TEXT_DEFAULTS, source)
+    v = clip_hf.sub_config(cfg, "vision_config", _VISION_DEFAULTS, source)
+    clip_hf.require_positive_ints(t, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                      "num_attention_heads", "max_position_embeddings"), source, "text_config.")
+    clip_hf.require_positive_ints(v, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                      "num_channels", "num_patches"), source, "vision_config.")
     if not v["vision_use_head"]:
         raise ValueError(f"{source}: vision_use_head=false (no MAP head) is not supported")
-    if not isinstance(v["patch_size"], int):
+    if isinstance(v["patch_size"], bool) or not isinstance(v["patch_size"], int) or v["patch_size"] <= 0:
         raise ValueError(f"{source}: patch_size {v['patch_size']!r} must be one integer (square patches)")
     if t["hidden_act"] != v["hidden_act"] or t["layer_norm_eps"] != v["layer_norm_eps"]:
         raise ValueError(f"{source}: the text and vision towers use different activations or LayerNorm eps "
@@ -166,7 +178,7 @@ def load_hf_weights(path: Path) -> dict[str, np.ndarray]:
     """A HF folder's tensors: sharded or single safetensors, else pytorch_model.bin."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         return {k: a for shard in shards for k, a in load_safetensors(path / shard).items()}
     if (path / "model.safetensors").exists():
         return load_safetensors(path / "model.safetensors")
@@ -183,7 +195,7 @@ def read_siglip2_hf(path: Path, act: str | None) -> Checkpoint:
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointFormatError(f"{path}: a Hugging Face checkpoint is a folder with config.json")
-    config = config_from_json(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+    config = config_from_json(read_json(path / "config.json"), str(path / "config.json"))
     if act is not None and act != config.act:
         raise ValueError(f"{path}/config.json says hidden_act={config.act!r}, but act={act!r} was requested")
     return Checkpoint(config, params_from_hf(load_hf_weights(path), config, str(path)))

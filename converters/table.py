@@ -9,7 +9,7 @@ every family and reports every missing, unexpected or mis-shaped key at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,12 +21,14 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not match the architecture; lists every offending key."""
 
     def __init__(self, source: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
-                 misshaped: Sequence[tuple[str, tuple, tuple]] = ()):
+                 misshaped: Sequence[tuple[str, tuple, tuple]] = (), wrong_dtype: Sequence[tuple[str, Any]] = ()):
         self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
+        self.wrong_dtype = list(wrong_dtype)
         lines = [f"{source} does not match the model:"]
         lines += [f"  missing key: {k}" for k in self.missing]
         lines += [f"  unexpected key: {k}" for k in self.unexpected]
         lines += [f"  wrong shape: {k}: expected {tuple(e)}, found {tuple(f)}" for k, e, f in self.misshaped]
+        lines += [f"  wrong dtype: {k}: {d} (weights are real numbers)" for k, d in self.wrong_dtype]
         super().__init__("\n".join(lines))
 
 
@@ -125,6 +127,9 @@ def from_theirs(state: Mapping[str, np.ndarray], rules: Sequence[Rule],
         shapes = r.transform.theirs_shapes(tuple(tuple(expected_shapes[p]) for p in r.ours))
         theirs_expected.update(zip(r.theirs, shapes))
     check_arrays(state, theirs_expected, source)
+    complex_keys = [k for k in theirs_expected if np.iscomplexobj(state[k])]
+    if complex_keys:  # casting to a real dtype would drop the imaginary part without a word
+        raise CheckpointMismatchError(source, wrong_dtype=[(k, np.asarray(state[k]).dtype) for k in complex_keys])
     out: dict[str, np.ndarray] = {}
     for r in rules:
         for path, value in zip(r.ours, r.transform.from_theirs(tuple(state[k] for k in r.theirs))):

@@ -99,17 +99,32 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointFormatError(f"could not read {path} as safetensors: {type(e).__name__}: {e}") from e
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path` (config.json and friends); unreadable JSON or a non-object names the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(f"could not read {path} as JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def hf_weight_keys(path: Path) -> set[str]:
     """The weight names of a Hugging Face folder (sharded index or single safetensors), read without
     loading any tensor; empty when neither is there. Used to tell model families apart."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index_name).exists():
-            return set(json.loads((path / index_name).read_text())["weight_map"])
+            return set(read_json(path / index_name)["weight_map"])
     if (path / "model.safetensors").exists():
         from safetensors import safe_open
 
-        with safe_open(str(path / "model.safetensors"), framework="numpy") as f:
-            return set(f.keys())
+        try:
+            with safe_open(str(path / "model.safetensors"), framework="numpy") as f:
+                return set(f.keys())
+        except Exception as e:  # safetensors raises its own error types for truncated headers.
+            raise CheckpointFormatError(f"could not read {path / 'model.safetensors'} as safetensors: "
+                                        f"{type(e).__name__}: {e}") from e
     return set()
 
 
