@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax.parallel.mesh import make_mesh
 from vlalign_jax.train.checkpoint import Checkpointer, CorruptCheckpointError, load_params
 from vlalign_jax.train.checkpoint_manifest import MANIFEST

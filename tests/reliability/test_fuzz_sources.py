@@ -688,3 +688,53 @@ def test_box_coordinates_that_are_not_finite_numbers(value, tmp_path):
     with pytest.raises(RecordError, match="box") as err:
         GroundingSplit(tmp_path / "g.jsonl", tmp_path)[0]
     assert f"{tmp_path / 'g.jsonl'} line 1 (record 0)" in str(err.value)
+
+
+def test_a_training_run_skips_exactly_the_bad_images_it_read(tmp_path, caplog):
+    """The whole training path (CSV table, CLIP transforms, tokenizer, batching, the jitted step) over
+    images of every kind: the odd-but-valid ones train, and the skipped count is exactly the number of
+    injected bad records among those the run read, each named in a warning."""
+    import grain
+
+    from demo_runs import ROOT, SMALL_MODEL
+    from vlalign_jax.train.config import build_config
+    from vlalign_jax.train.loop import train
+    from vlalign_jax.train.metrics import read_metrics_jsonl
+
+    sizes = [(1, 1), (3000, 1), (1, 1500), (40, 25)]
+    good = {f"good-{i}-{mode}.{fmt.lower()}": encode(mode, sizes[i % len(sizes)], fmt, seed=i)
+            for i, (mode, fmt) in enumerate(IMAGE_KINDS * 2)}
+    whole = encode("RGB", (20, 20), "JPEG")
+    bad = {"truncated.jpg": whole[: len(whole) // 2], "truncated.png": encode("RGB", (20, 20), "PNG")[:60],
+           "random.jpg": bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8)), "empty.png": b"",
+           "bomb.png": png_claiming(60_000, 60_000), "bomb.jpg": jpeg_claiming(60_000, 60_000), "missing.jpg": None}
+    for name, data in {**good, **bad}.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    names = sorted({**good, **bad})
+    (tmp_path / "t.tsv").write_text("filepath\ttitle\n" + "".join(f"{n}\ta photo of {n.split('-')[0]}\n" for n in names))
+
+    batch, steps, seed = 8, 6, 3  # 48 good examples: the 22 good records twice and 4 more, so every bad one is met
+    config = build_config(ROOT / "configs/clip/vit_b32_csv.py", [
+        ("model.name", "tiny"), ("model.dtype", "float32"), ("model.overrides", SMALL_MODEL),
+        ("data.train_path", str(tmp_path / "t.tsv")), ("data.seed", str(seed)), ("data.num_threads", "1"),
+        ("data.num_workers", "0"), ("data.on_error", "skip"), ("data.max_skip_fraction", "0.5"),
+        ("train.batch_size", str(batch)), ("train.steps", str(steps)), ("train.log_every", "1"),
+        ("train.checkpoint_every", str(steps)), ("train.eval_every", "0"), ("train.progress_bar", "False"),
+        ("optim.warmup_steps", "1")])
+    with caplog.at_level("WARNING", logger="vlalign_jax.data.records"):
+        train(config, tmp_path / "run")
+
+    # Which records the run read: grain's shuffled, repeated order, up to the last good one it used.
+    order = grain.MapDataset.range(len(names)).shuffle(seed=seed).repeat(None)
+    read, used = 0, 0
+    while used < batch * steps:
+        used += names[order[read]] in good
+        read += 1
+    want_skipped = sum(names[order[i]] in bad for i in range(read))
+    last = read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert last["data/records_skipped"] == want_skipped >= len(bad)
+    assert last["data/records_seen"] == read == batch * steps + want_skipped
+    assert np.isfinite(last["loss"])
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert all(f"{tmp_path / name}" in warned or name in warned for name in bad), warned

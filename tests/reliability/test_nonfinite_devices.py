@@ -5,7 +5,7 @@ every parameter keeps its value); the next good batch trains on as usual."""
 import jax
 import numpy as np
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax.train.loop import setup_run
 
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax.train.checkpoint import load_params
 from vlalign_jax.train.loop import NonFiniteLossError, train
 

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax.train.loop import setup_run
 from vlalign_jax.train.state import ema_update
 

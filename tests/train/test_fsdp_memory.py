@@ -3,7 +3,7 @@ compiled step (the same code path as scripts/bench_fsdp_memory.py), without runn
 
 import jax
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax.parallel.memory import step_memory
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax import converters
 from vlalign_jax.cli import main
 from vlalign_jax.train.checkpoint import load_params

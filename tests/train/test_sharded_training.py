@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine_config import small_config
+from demo_runs import small_config
 from vlalign_jax.train.loop import setup_run
 from vlalign_jax.train.step import loss_and_grads
 

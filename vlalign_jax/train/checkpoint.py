@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from vlalign_jax.train import checkpoint_manifest
 from vlalign_jax.train.state import TrainState
+from vlalign_jax.train.workdir import CheckpointSaveError
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +79,37 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**items))
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # whatever the writer raised, this step is not saved: say so, keep the cause
+            raise self._save_failed(step, e) from e
         self._unsealed.append(step)
 
     def _seal(self) -> None:
-        """Wait for saves in flight, then record the checksums of the steps they wrote (primary host)."""
-        self.manager.wait_until_finished()
+        """Wait for saves in flight, then record the checksums of the steps they wrote (primary host).
+        A write that failed in the background surfaces here, as CheckpointSaveError."""
+        unsealed, self._unsealed = self._unsealed, []
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # the background write failed; the steps committed before it are intact
+            raise self._save_failed(unsealed[-1] if unsealed else None, e) from e
         if jax.process_index() == 0:
             kept = set(self.manager.all_steps())
-            for step in self._unsealed:
+            for step in unsealed:
                 if step in kept:  # not already dropped by max_to_keep
-                    checkpoint_manifest.write_manifest(self.directory / str(step))
-        self._unsealed.clear()
+                    try:
+                        checkpoint_manifest.write_manifest(self.directory / str(step))
+                    except OSError as e:
+                        raise self._save_failed(step, e, "its files were written, their checksums not: ") from e
+
+    def _save_failed(self, step: int | None, cause: BaseException, what: str = "") -> CheckpointSaveError:
+        self.manager.reload()
+        committed = self.manager.all_steps()
+        kept = (f"the checkpoints before it are untouched (newest: step {max(committed)})" if committed
+                else "no earlier checkpoint exists")
+        return CheckpointSaveError(
+            f"saving checkpoint step {step} under {self.directory} failed: {what}{_first_line(cause)}; {kept}. "
+            f"Free space or fix the storage, then rerun the same command to resume")
 
     def restore(self, step: int, abstract: TrainState, data_iterator: Any) -> TrainState:
         """Restore onto the shardings in `abstract` (ShapeDtypeStructs) and rewind `data_iterator`."""
@@ -103,6 +123,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _sync_hosts(name: str) -> None:

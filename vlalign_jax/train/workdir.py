@@ -1,4 +1,5 @@
-"""A run's workdir is checked before any compute: a clear error now, not a failed save hours later."""
+"""A run's workdir is checked before any compute: a clear error now, not a failed save hours later.
+A save that fails anyway (the disk filled up during the run) is a `CheckpointSaveError`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ PROBE = ".vlalign_write_probe"
 
 class WorkdirError(ValueError):
     """The workdir cannot hold the run's files (not a folder, not writable, or the disk is full)."""
+
+
+class CheckpointSaveError(WorkdirError):
+    """Writing a checkpoint failed (disk full, quota, permissions, a storage error); the run stopped
+    there, and the checkpoints committed before it are untouched."""
 
 
 def check_workdir(workdir: str | Path) -> Path:
