@@ -66,6 +66,7 @@ def _fail_peer(tmp_path, cache, how: int) -> tuple[int, str, float]:
 @pytest.mark.slow
 def test_a_killed_peer_stops_the_survivor_with_a_named_error(tmp_path, compilation_cache):
     status, out, seconds = _fail_peer(tmp_path, compilation_cache, signal.SIGKILL)
+    print(f"\nkilled peer: the survivor exited with status {status} after {seconds:.1f} s")
     assert status == HUNG_EXIT_STATUS, out[-3000:]
     assert "most likely died" in out and ("collective failed" in out or "no training progress" in out), out[-3000:]
     assert seconds < HANG_TIMEOUT_S + 5, seconds
@@ -74,6 +75,7 @@ def test_a_killed_peer_stops_the_survivor_with_a_named_error(tmp_path, compilati
 @pytest.mark.slow
 def test_a_hung_peer_stops_the_survivor_after_the_hang_timeout(tmp_path, compilation_cache):
     status, out, seconds = _fail_peer(tmp_path, compilation_cache, signal.SIGSTOP)
+    print(f"\nstopped peer: the survivor exited with status {status} after {seconds:.1f} s")
     assert status == HUNG_EXIT_STATUS, out[-3000:]
     assert f"(hang timeout {HANG_TIMEOUT_S} s)" in out and "process 0 of 2" in out, out[-3000:]
     assert HANG_TIMEOUT_S - 1 <= seconds < HANG_TIMEOUT_S + 5, seconds

@@ -59,6 +59,10 @@ def test_twenty_kills_anywhere_resume_to_the_uninterrupted_params(tmp_path, cach
                                       env=cpu_env(1, cache), logs=tmp_path / "logs")
     summary = report.to_dict()
     (tmp_path / "report.json").write_text(json.dumps(summary))
+    print(f"\nkill anywhere: {len(report.kills)} kills ({sum(k.moment == 'start-up' for k in report.kills)} in start-up, "
+          f"{sum(k.moment == 'training' for k in report.kills)} in training, {sum(k.moment == 'saving' for k in report.kills)} "
+          f"aimed at a save), {report.cut_writes} cut a checkpoint write, {report.resumes_checked()} starts checked, "
+          f"{len(report.wrong_resumes())} wrong, final params bitwise equal, {report.seconds:.0f} s")
     assert len(report.kills) == KILLS and report.final_returncode == 0
     assert {k.moment for k in report.kills} == {"start-up", "training", "saving"}, summary
     assert report.cut_writes >= 3, summary  # kills that left a checkpoint write half done

@@ -11,6 +11,7 @@ Restoring takes the target shardings, so a checkpoint saved under one mesh resto
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ class Checkpointer:
                                                create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._unsealed: list[int] = []  # saved by this process, manifest not yet written
+        self._sealing: threading.Thread | None = None  # writing the manifests of the last finished saves
+        self._sealing_failed: CheckpointSaveError | None = None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -86,21 +89,38 @@ class Checkpointer:
         self._unsealed.append(step)
 
     def _seal(self) -> None:
-        """Wait for saves in flight, then record the checksums of the steps they wrote (primary host).
-        A write that failed in the background surfaces here, as CheckpointSaveError."""
+        """Wait for saves in flight, then record the checksums of the steps they wrote (primary host),
+        in a background thread: hashing takes seconds per GB and the training loop need not wait for
+        it. A write that failed in the background surfaces here, as CheckpointSaveError."""
         unsealed, self._unsealed = self._unsealed, []
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # the background write failed; the steps committed before it are intact
             raise self._save_failed(unsealed[-1] if unsealed else None, e) from e
+        self._join_sealing()
         if jax.process_index() == 0:
             kept = set(self.manager.all_steps())
-            for step in unsealed:
-                if step in kept:  # not already dropped by max_to_keep
-                    try:
-                        checkpoint_manifest.write_manifest(self.directory / str(step))
-                    except OSError as e:
-                        raise self._save_failed(step, e, "its files were written, their checksums not: ") from e
+            steps = [step for step in unsealed if step in kept]  # not already dropped by max_to_keep
+            if steps:
+                self._sealing = threading.Thread(target=self._write_manifests, args=(steps,),
+                                                 name="vlalign-checkpoint-manifest", daemon=True)
+                self._sealing.start()
+
+    def _write_manifests(self, steps: list[int]) -> None:
+        for step in steps:
+            try:
+                checkpoint_manifest.write_manifest(self.directory / str(step))
+            except OSError as e:  # raised in the loop by the next _join_sealing
+                self._sealing_failed = self._save_failed(step, e, "its files were written, their checksums not: ")
+                return
+
+    def _join_sealing(self) -> None:
+        if self._sealing is not None:
+            self._sealing.join()
+            self._sealing = None
+        if self._sealing_failed is not None:
+            failed, self._sealing_failed = self._sealing_failed, None
+            raise failed
 
     def _save_failed(self, step: int | None, cause: BaseException, what: str = "") -> CheckpointSaveError:
         self.manager.reload()
@@ -119,7 +139,9 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
+        """Finish every save, manifests included."""
         self._seal()
+        self._join_sealing()
 
     def close(self) -> None:
         self.manager.close()

@@ -201,12 +201,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, method: Method | No
             raise PeerFailedError(step, e) from e
         raise
     finally:
-        # A save already started holds a good state: let it finish whatever stopped the loop.
-        checkpointer.wait()
-        checkpointer.close()
-        iterator.close()  # stops grain's worker processes
-        bar.close()
-        writer.close()
+        try:
+            # A save already started holds a good state: let it finish whatever stopped the loop.
+            checkpointer.wait()
+        finally:
+            checkpointer.close()
+            iterator.close()  # stops grain's worker processes
+            bar.close()
+            writer.close()
     return last
 
 
