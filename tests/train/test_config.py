@@ -161,3 +161,13 @@ def test_a_valueless_override_is_an_error_naming_the_field():
     with pytest.raises(ConfigError, match="'train.steps' needs a value.*the option '--workdir'"):
         split_overrides(["--config.train.steps", "--workdir", "w"])
     assert split_overrides(["--config.mesh.data", "-1"])[1] == [("mesh.data", "-1")]  # a negative number is a value
+
+
+def test_epochs_that_make_no_whole_step_are_an_error_naming_them():
+    from vlalign_jax.train.loop import setup_run
+
+    config = build_config(DEMO, [("data.num_train", "10"), ("train.batch_size", "16")])
+    with config.unlocked():
+        config.train.epochs = 1  # the demo counts steps; recipes over files (DeGLA, CLIP-VG) count epochs
+    with pytest.raises(ValueError, match=r"train.epochs=1 over 10 training records in batches of 16 makes 0 steps"):
+        setup_run(config)

@@ -62,7 +62,7 @@ from typing import Sequence
 
 import ml_collections
 
-from vlalign_jax.train.config import ConfigError, apply_override, load_config_file, parse_value
+from vlalign_jax.train.config import ConfigError, build_config
 
 MODES = ("ssa", "msa")
 SCANS = ("grid", "greedy")
@@ -112,13 +112,9 @@ def add_defaults(config: ml_collections.ConfigDict) -> None:
 
 def build_curriculum_config(path: str | Path, overrides: Sequence[tuple[str, str]] = ()
                             ) -> ml_collections.ConfigDict:
-    """Load a (curriculum or plain training) config file, add the defaults, apply the overrides, lock."""
-    config = load_config_file(path)
-    add_defaults(config)
-    for key, text in overrides:
-        apply_override(config, key, parse_value(text))
-    config.lock()
-    return config
+    """Load a (curriculum or plain training) config file, add the defaults, apply the overrides, check
+    the engine's fields and lock."""
+    return build_config(path, overrides, add_defaults)
 
 
 def _choice(value: str, allowed: Sequence[str], key: str) -> str:

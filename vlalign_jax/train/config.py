@@ -15,7 +15,7 @@ import difflib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
@@ -147,12 +147,17 @@ def split_overrides(argv: Iterable[str]) -> tuple[list[str], list[tuple[str, str
     return rest, overrides
 
 
-def build_config(path: str | Path, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
-    """Load a config file, apply the overrides in order, check the engine's fields
-    (`config_checks.check_config`) and lock it against new fields."""
+def build_config(path: str | Path, overrides: Sequence[tuple[str, str]] = (),
+                 add_defaults: Callable[[ml_collections.ConfigDict], None] | None = None
+                 ) -> ml_collections.ConfigDict:
+    """Load a config file, let `add_defaults` fill in fields a command adds (the curriculum's group),
+    apply the overrides in order, check the engine's fields (`config_checks.check_config`) and lock it
+    against new fields."""
     from vlalign_jax.train.config_checks import check_config  # imports this module's ConfigError
 
     config = load_config_file(path)
+    if add_defaults is not None:
+        add_defaults(config)
     for key, text in overrides:
         apply_override(config, key, parse_value(text))
     check_config(config)

@@ -102,7 +102,11 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     tc = config.train
     if tc.get("epochs", 0):
         # Epochs over the training source fix the step count (and so the schedule's length).
-        tc.steps = int(tc.epochs * (len(method.train_data()[0]) // tc.batch_size))
+        records = len(method.train_data()[0])
+        tc.steps = int(tc.epochs * (records // tc.batch_size))
+        if not 1 <= tc.steps < 2 ** 31:
+            raise ValueError(f"train.epochs={tc.epochs} over {records} training records in batches of "
+                             f"{tc.batch_size} makes {tc.steps} steps; the step count must be 1 to 2**31 - 1")
         log.info("train.epochs=%s: %d steps", tc.epochs, tc.steps)
     ema = bool(tc.get("ema_decay", 0.0))
     # The optimizer's parameter groups need only the tree's paths and shapes.
