@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from typing import Sequence
 
 
@@ -259,13 +260,17 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train (or resume) a run from a config file",
-        description="Train a model from a Python config file. Any field can be overridden with "
-                    "--config.a.b=VALUE (Python literals; unknown fields are errors). Re-running the same "
-                    "command on the same workdir resumes from its newest checkpoint.",
-        epilog="example: vlalign train --config configs/demo/clip_shapes.py --workdir runs/demo "
-               "--config.train.steps=100")
+    paragraphs = (
+        "Train a model from a Python config file. Any field can be overridden with --config.a.b=VALUE "
+        "(Python literals; unknown fields are errors). Re-running the same command on the same workdir "
+        "resumes from its newest checkpoint.",
+        "example: vlalign train --config configs/demo/clip_shapes.py --workdir runs/demo --config.train.steps=100",
+        "exit status: 0 done; 2 an error named on stderr (config field, data record, checkpoint, unwritable "
+        "workdir, failed save); 69 a peer process died or hung (rerun to resume); 75 preempted by SIGTERM "
+        "after checkpointing (requeue the same command). See docs/RELIABILITY.md.")
+    description, example, statuses = (textwrap.fill(text, 100) for text in paragraphs)
+    p = sub.add_parser("train", help="train (or resume) a run from a config file", description=description,
+                       epilog=f"{example}\n\n{statuses}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config file defining get_config()")
     p.add_argument("--workdir", required=True, help="run directory: config, checkpoints, metrics")
     p.set_defaults(run=_run_train)
