@@ -1,11 +1,14 @@
-"""Checkpoints restore under another mesh, and load_params reads a run's params alone."""
+"""Checkpoints restore under another mesh, load_params reads a run's params alone, and every kept step
+ends up with its checksums."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlalign_jax.parallel.mesh import make_mesh
+from vlalign_jax.train import checkpoint_manifest
 from vlalign_jax.train.checkpoint import Checkpointer, abstract_with_shardings, load_params
 from vlalign_jax.train.state import TrainState
 
@@ -42,3 +45,18 @@ def test_restore_onto_another_mesh(tmp_path):
     params = load_params(tmp_path)
     assert set(params) == {"kernel"}
     np.testing.assert_array_equal(params["kernel"], np.asarray(state.params["kernel"]))
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_every_kept_step_is_sealed_with_its_checksums(tmp_path, keep):
+    mesh = make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    state, _ = _state(mesh, PartitionSpec())
+    ckpt = Checkpointer(tmp_path, max_to_keep=keep)
+    for step in (1, 2, 3):  # each save seals the one before (in a thread unless only one step is kept)
+        ckpt.save(step, state, None, {"step": step})
+    ckpt.wait()
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == [1, 2, 3][-keep:]
+    for step in kept:
+        assert checkpoint_manifest.has_manifest(tmp_path / "checkpoints" / str(step))
+        assert checkpoint_manifest.verify(tmp_path / "checkpoints" / str(step)) is None

@@ -46,7 +46,9 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._unsealed: list[int] = []  # saved by this process, manifest not yet written
         self._sealing: threading.Thread | None = None  # writing the manifests of the last finished saves
-        self._sealing_failed: CheckpointSaveError | None = None
+        self._sealing_failed: tuple[int, OSError] | None = None  # raised by the next _join_sealing
+        # Keeping one step, the next save deletes the step being hashed: hash before that save starts.
+        self._seal_in_background = max_to_keep is None or max_to_keep > 1
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -105,22 +107,26 @@ class Checkpointer:
                 self._sealing = threading.Thread(target=self._write_manifests, args=(steps,),
                                                  name="vlalign-checkpoint-manifest", daemon=True)
                 self._sealing.start()
+                if not self._seal_in_background:
+                    self._join_sealing()
 
     def _write_manifests(self, steps: list[int]) -> None:
         for step in steps:
+            step_dir = self.directory / str(step)
             try:
-                checkpoint_manifest.write_manifest(self.directory / str(step))
-            except OSError as e:  # raised in the loop by the next _join_sealing
-                self._sealing_failed = self._save_failed(step, e, "its files were written, their checksums not: ")
-                return
+                checkpoint_manifest.write_manifest(step_dir)
+            except OSError as e:
+                if step_dir.exists():  # else it was dropped (max_to_keep) meanwhile: nothing to seal
+                    self._sealing_failed = (step, e)
+                    return
 
     def _join_sealing(self) -> None:
         if self._sealing is not None:
             self._sealing.join()
             self._sealing = None
         if self._sealing_failed is not None:
-            failed, self._sealing_failed = self._sealing_failed, None
-            raise failed
+            (step, error), self._sealing_failed = self._sealing_failed, None
+            raise self._save_failed(step, error, "its files were written, their checksums not: ") from error
 
     def _save_failed(self, step: int | None, cause: BaseException, what: str = "") -> CheckpointSaveError:
         self.manager.reload()
