@@ -111,9 +111,21 @@ def _started_at(log: Path) -> int | None:
     return int(found.group(1) or 0) if found else None
 
 
-def _metric_rows(workdir: Path) -> int:
-    path = workdir / "metrics.jsonl"
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+class _MetricRows:
+    """Counts the rows of a run's metrics.jsonl, re-reading it only when its size changed (the harness
+    polls every millisecond, beside the run it watches)."""
+
+    def __init__(self, workdir: Path):
+        self.path, self.size, self.rows = workdir / "metrics.jsonl", -1, 0
+
+    def __call__(self) -> int:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if size != self.size:
+            self.size, self.rows = size, self.path.read_bytes().count(b"\n")
+        return self.rows
 
 
 def _wait(proc: subprocess.Popen, workdir: Path, moment: str, delay: float, nth: int, timeout: float,
@@ -122,18 +134,18 @@ def _wait(proc: subprocess.Popen, workdir: Path, moment: str, delay: float, nth:
     `delay` seconds after its `nth` new metrics row, i.e. inside a random step ("training"); or once
     its `nth` checkpoint write is in flight ("saving"; `stale`: writes an earlier kill cut off).
     Returns the seconds it took to log its first row, when that was seen."""
-    start, rows, first_row, due = time.monotonic(), _metric_rows(workdir), None, None
+    metric_rows = _MetricRows(workdir)
+    start, rows, first_row, due = time.monotonic(), metric_rows(), None, None
     seen: set[tuple[str, int]] = set()
     while proc.poll() is None and time.monotonic() - start < timeout:
         now = time.monotonic() - start
         if moment == "start-up" and now >= delay:
             break
-        if moment == "training" and due is None:
-            new_rows = _metric_rows(workdir) - rows
-            if new_rows >= 1 and first_row is None:
-                first_row = now
-            if new_rows >= nth:
-                due = now + delay
+        new_rows = metric_rows() - rows
+        if new_rows >= 1 and first_row is None:
+            first_row = now
+        if moment == "training" and due is None and new_rows >= nth:
+            due = now + delay
         if due is not None and now >= due:
             break
         if moment == "saving":
@@ -149,8 +161,8 @@ def kill_anywhere(command: Sequence[str], workdir: str | Path, kills: int = 20, 
                   env: dict | None = None, logs: str | Path | None = None, timeout_s: float = 600.0) -> Report:
     """Run `command` `kills` times, SIGKILL-ing each attempt, then once to the end; see the module doc.
 
-    Each kill is a "start-up" kill (a uniform time before the attempt's first step: imports, set-up,
-    restore, compile), a "training" kill (within a random one of its first `max_steps_between` steps:
+    Each kill is a "start-up" kill (a uniform time up to the last observed time from an attempt's
+    start to its first logged step, 3 s until one is seen: imports, set-up, restore, compile), a "training" kill (within a random one of its first `max_steps_between` steps:
     the step, its logging or a checkpoint save) or a "saving" kill (the moment its first or second
     checkpoint write is seen in flight), drawn with probabilities `shares`. The run must log every step
     (`train.log_every=1`) and have steps enough not to finish before the last kill. Raises FinishedEarly if an attempt completes before its kill,
