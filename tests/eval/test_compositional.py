@@ -195,6 +195,18 @@ def test_aro_vg_macro_accuracy_and_crops(tmp_path):
     assert results["average"] == pytest.approx((vgr["accuracy"] + vga["accuracy"]) / 2)
 
 
+def test_an_unreadable_image_is_a_record_error_naming_it(tmp_path):
+    """Items' images (cropped or whole) go through the project's one reader and its message."""
+    make_aro(str(tmp_path))
+    items = load_suite("aro", str(tmp_path), subsets=["VG-Relation"])
+    path, box = items[0].image
+    assert box is not None
+    with open(path, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(RecordError, match=rf"benchmark: cannot read image \S*{os.path.basename(path)}: "):
+        score_items(items, encode_images, encode_texts)
+
+
 def test_aro_order(tmp_path):
     make_aro(str(tmp_path))
     items = formats.load_aro(str(tmp_path), ["COCO-Order", "Flickr30k-Order"], tagger=toy_tagger,

@@ -303,7 +303,8 @@ def test_workdir_picks_its_word_tokenizer_and_dense_runs(fgclip_run, tmp_path, c
                                                            "short", method="encode_text"))), atol=1e-5)
     # Another tokenizer, or a NaFlex budget, is refused with the reason.
     assert ClipTokenizer().vocab_size != model.config.text.vocab_size
-    for extra, message in ((["--tokenizer", "clip"], "49408 ids"), (["--max-num-patches", "64"], "is for FG-CLIP 2")):
+    for extra, message in ((["--tokenizer", "clip"], "49408 ids"),
+                           (["--max-num-patches", "64"], "is for NaFlex models (SigLIP 2, FG-CLIP 2)")):
         assert main(["dense", "--checkpoint", str(fgclip_run), "--image", str(tmp_path / "photo.png"),
                      "--text", "a red square", *extra]) == 2
         assert message in capsys.readouterr().err

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from vlalign_jax.data.records import RecordError
+from vlalign_jax.data.sources.json_records import read_rgb_image
 
 
 def read_json(path: str, hint: str = "") -> Any:
@@ -34,10 +36,8 @@ def sorted_files(folder: str, suffix: str, what: str) -> list[str]:
     return names
 
 
-def open_rgb(path: str) -> Image.Image:
-    """The image at `path`, decoded and converted to RGB; an unreadable one is RecordError naming it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RecordError(f"image {path}: cannot be read: {type(e).__name__}: {e}") from e
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image at `path` as RGB, through the project's one reader (`read_rgb_image`); a benchmark
+    image is its own record, so an unreadable one is a RecordError
+    "benchmark: cannot read image <path>: <error>". One argument, so it maps over paths on a pool."""
+    return read_rgb_image(Path(path), "benchmark")

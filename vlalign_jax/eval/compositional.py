@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from vlalign_jax.data.records import RecordError
+from vlalign_jax.eval.benchmark_files import open_rgb
 from vlalign_jax.eval.compositional_formats import (
     ARO_SUBSETS,
     SUGARCREPE_SUBSETS,
@@ -95,13 +96,10 @@ def load_suite(suite: str, data_dir: str, subsets: Sequence[str] | None = None,
 
 
 def _open_image(key: tuple[str, Any]) -> Image.Image:
+    """The image of an (image path, crop box or None) key, cropped; unreadable is `open_rgb`'s RecordError."""
     path, box = key
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-        return image.crop(box) if box is not None else image
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RecordError(f"image {path}: cannot be read: {type(e).__name__}: {e}") from e
+    image = open_rgb(path)
+    return image.crop(box) if box is not None else image
 
 
 def _encode(encode: Callable[[list], np.ndarray], inputs: list, batch_size: int,

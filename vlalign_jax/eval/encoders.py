@@ -135,7 +135,7 @@ def naflex_budget(checkpoint: str | Path | None, model: Any, requested: int | st
                   family: str | None = None) -> int | None:
     """The NaFlex patch budget per image (None: FG-CLIP 2's per-image rule): `requested` (an int or
     "dynamic"), else a workdir's `data.max_num_patches`, else FG-CLIP 2 dynamic / SigLIP 2 256."""
-    from vlalign_jax.eval.region_encoders import run_config
+    from vlalign_jax.eval.workdirs import run_config
 
     kind = model_kind(model)
     if kind not in ("fgclip2", "siglip"):
@@ -155,7 +155,8 @@ def text_tokenizer(checkpoint: str | Path | None, model: Any, choice: str = "aut
     """The tokenizer `model` reads (`region_encoders.load_tokenizer`: a workdir's `data.tokenizer`, else
     by family); "auto" for SigLIP 2 outside a workdir is the Gemma tokenizer in the checkpoint folder."""
     from vlalign_jax.data.tokenizers import ClipTokenizer
-    from vlalign_jax.eval.region_encoders import TOKENIZER_FILES, load_tokenizer, run_config
+    from vlalign_jax.eval.region_encoders import TOKENIZER_FILES, load_tokenizer
+    from vlalign_jax.eval.workdirs import run_config
 
     kind = model_kind(model)
     if choice != "auto" or (checkpoint is not None and run_config(checkpoint, family) is not None):

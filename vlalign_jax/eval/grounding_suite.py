@@ -26,7 +26,6 @@ prediction in red, then ground truth in green on top, the expression and IoU wri
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -41,6 +40,7 @@ from vlalign_jax.data.grounding_transforms import GroundingTransform, pad_offset
 from vlalign_jax.data.pipeline import iter_eval_batches
 from vlalign_jax.data.sources.grounding_splits import ALIASES, LAYOUTS
 from vlalign_jax.eval.grounding import GroundingPredictions, box_predictor, predict
+from vlalign_jax.eval.workdirs import run_config
 
 SYNTHETIC = "synthetic_shapes"
 DATASETS = (*LAYOUTS, SYNTHETIC)
@@ -62,16 +62,11 @@ class GroundingModel:
         return self.model.config.clip.vision.image_size
 
 
-def read_run_config(path: str | Path) -> ml_collections.ConfigDict | None:
-    """The saved config.json of a `vlalign train` workdir, else None (a checkpoint file or folder)."""
-    from vlalign_jax.train.config import CONFIG_FILE_NAME
-
-    config_file = Path(path) / CONFIG_FILE_NAME
-    if not config_file.is_file():
-        return None
-    saved = json.loads(config_file.read_text())
-    # A Hugging Face model folder has a config.json too; a run's names its method.
-    return ml_collections.ConfigDict(saved) if isinstance(saved, dict) and "method" in saved else None
+def read_run_config(path: str | Path, family: str | None = None) -> ml_collections.ConfigDict | None:
+    """`workdirs.run_config` (a training workdir's saved config, else None) as a ConfigDict, the form
+    the data and model builders take."""
+    saved = run_config(path, family)
+    return ml_collections.ConfigDict(saved) if saved is not None else None
 
 
 def _check_vocabulary(params: Any, vocab_size: int, what: str, checkpoint: str | Path) -> None:
@@ -86,7 +81,7 @@ def load_grounding_model(checkpoint: str | Path, family: str | None = None) -> G
     `.pth`) or a training workdir of the `clipvg` method."""
     from vlalign_jax.models.grounding import CLIPVG
 
-    run = read_run_config(checkpoint) if family in (None, "workdir") else None
+    run = read_run_config(checkpoint, family)
     if run is not None:
         from vlalign_jax.data.image_text import make_tokenizer
         from vlalign_jax.methods.clip import DTYPES
@@ -247,7 +242,7 @@ def draw_grid(source: Any, predictions: GroundingPredictions, image_size: int, p
 
 
 def _synthetic_run(checkpoint: str | Path, family: str | None) -> ml_collections.ConfigDict:
-    run = read_run_config(checkpoint) if family in (None, "workdir") else None
+    run = read_run_config(checkpoint, family)
     if run is None or run.get("data", {}).get("name") != SYNTHETIC:
         found = "not a training workdir" if run is None else f"a run on data.name={run.data.get('name')!r}"
         raise ValueError(f"--dataset {SYNTHETIC} evaluates a workdir trained on the synthetic shapes, with its data "

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from vlalign_jax.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, to_normalized_array
+from vlalign_jax.eval.workdirs import run_config
 from vlalign_jax.ops.region_pooling import pool_regions, pool_token_regions
 
 Preprocess = Callable[[Image.Image], np.ndarray]  # PIL image -> [S, S, 3] float32 (square-input models)
@@ -78,18 +78,6 @@ def load_region_model(path: str | Path, family: str | None = None) -> tuple[nn.M
 
 
 # ----------------------------------------------------------------------------- tokenizers
-
-def run_config(path: str | Path, family: str | None = None) -> dict | None:
-    """The saved training config of a `vlalign train` workdir (model.json + config.json), else None."""
-    from vlalign_jax.train.config import CONFIG_FILE_NAME
-    from vlalign_jax.train.export import MODEL_CONFIG_FILE
-
-    path = Path(path)
-    if family not in (None, "workdir") or not (path / MODEL_CONFIG_FILE).exists():
-        return None
-    config_file = path / CONFIG_FILE_NAME
-    return json.loads(config_file.read_text()) if config_file.exists() else None
-
 
 def load_tokenizer(checkpoint: str | Path | None, model: Any, choice: str = "auto",
                    vocab_path: str | None = None, family: str | None = None) -> Tokenizer:
@@ -409,15 +397,11 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def encoders_from_args(args: argparse.Namespace, batch_size: int = 64) -> RegionEncoders:
-    """Model, tokenizer and patch budget from --checkpoint, --family, --tokenizer, --max-num-patches."""
+    """Model, tokenizer and patch budget from --checkpoint, --family, --tokenizer, --max-num-patches
+    (the budget by `encoders.naflex_budget`, the one NaFlex rule, which refuses it for FG-CLIP 1)."""
+    from vlalign_jax.eval.encoders import naflex_budget
+
     model, params = load_region_model(args.checkpoint, args.family)
     tokenizer = load_tokenizer(args.checkpoint, model, args.tokenizer, family=args.family)
-    budget = args.max_num_patches
-    if model_family(model) != "fgclip2":
-        if budget is not None:
-            raise ValueError(f"--max-num-patches is for FG-CLIP 2 (NaFlex); {args.checkpoint} holds a "
-                             f"{type(model).__name__}, which takes square images")
-    elif budget is None:
-        budget = (run_config(args.checkpoint, args.family) or {}).get("data", {}).get("max_num_patches")
-    budget = None if budget == "dynamic" else budget
+    budget = naflex_budget(args.checkpoint, model, args.max_num_patches, args.family)
     return region_encoders(model, params, batch_size=batch_size, tokenizer=tokenizer, max_num_patches=budget)
