@@ -162,14 +162,16 @@ def kill_anywhere(command: Sequence[str], workdir: str | Path, kills: int = 20, 
     """Run `command` `kills` times, SIGKILL-ing each attempt, then once to the end; see the module doc.
 
     Each kill is a "start-up" kill (a uniform time up to the last observed time from an attempt's
-    start to its first logged step, 3 s until one is seen: imports, set-up, restore, compile), a "training" kill (within a random one of its first `max_steps_between` steps:
-    the step, its logging or a checkpoint save) or a "saving" kill (the moment its first or second
-    checkpoint write is seen in flight), drawn with probabilities `shares`. The run must log every step
-    (`train.log_every=1`) and have steps enough not to finish before the last kill. Raises FinishedEarly if an attempt completes before its kill,
-    and RuntimeError (with the log's tail) if an attempt fails on its own.
+    start to its first logged step, 3 s until one is seen: imports, set-up, restore, compile), a
+    "training" kill (within a random one of its first `max_steps_between` steps: the step, its logging
+    or a checkpoint save) or a "saving" kill (the moment its first or second checkpoint write is seen
+    in flight), drawn with probabilities `shares`. The run must log every step (`train.log_every=1`)
+    and have steps enough not to finish before the last kill. Raises FinishedEarly if an attempt
+    completes before its kill, and RuntimeError (with the log's tail) if an attempt fails on its own.
     """
     rng = random.Random(seed)
     workdir = Path(workdir)
+    checkpoints = workdir / "checkpoints"
     log_dir = Path(logs) if logs else Path(tempfile.mkdtemp(prefix="kill-anywhere-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -184,7 +186,7 @@ def kill_anywhere(command: Sequence[str], workdir: str | Path, kills: int = 20, 
 
     for index in range(kills):
         proc, log = attempt(index)
-        before = set(writes_in_flight(workdir / "checkpoints").items())
+        before = set(writes_in_flight(checkpoints).items())
         moment = rng.choices(MOMENTS, weights=shares)[0]
         delay = rng.uniform(0.0, startup_s) if moment == "start-up" else rng.uniform(0.0, 0.05)
         nth = rng.randint(1, max_steps_between) if moment == "training" else rng.randint(1, 2)
@@ -198,7 +200,6 @@ def kill_anywhere(command: Sequence[str], workdir: str | Path, kills: int = 20, 
             _attempt_ended(proc, log, f"attempt {index}")
         if first_row is not None:
             startup_s = first_row
-        checkpoints = workdir / "checkpoints"
         done.append(Kill(index, moment, round(time.monotonic() - begin, 3), _started_at(log),
                          committed_steps(checkpoints),
                          sorted(name for name, made in writes_in_flight(checkpoints).items()
@@ -213,7 +214,7 @@ def kill_anywhere(command: Sequence[str], workdir: str | Path, kills: int = 20, 
 
 def _attempt_ended(proc: subprocess.Popen, log: Path, what: str) -> None:
     tail = log.read_text(errors="replace")[-3000:]
-    if proc.returncode == 0 and what != "the final attempt":
+    if proc.returncode == 0:  # only attempts meant to be killed can end here with 0
         raise FinishedEarly(f"{what} completed the run before it could be killed; give the run more steps "
                             f"or lower --max-steps-between (log: {log})")
     raise RuntimeError(f"{what} exited with status {proc.returncode} on its own (log: {log}):\n{tail}")

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vlalign_jax.messages import first_line
 from vlalign_jax.train import checkpoint_manifest
 from vlalign_jax.train.state import TrainState
 from vlalign_jax.train.workdir import CheckpointSaveError
@@ -134,7 +135,7 @@ class Checkpointer:
         kept = (f"the checkpoints before it are untouched (newest: step {max(committed)})" if committed
                 else "no earlier checkpoint exists")
         return CheckpointSaveError(
-            f"saving checkpoint step {step} under {self.directory} failed: {what}{_first_line(cause)}; {kept}. "
+            f"saving checkpoint step {step} under {self.directory} failed: {what}{first_line(cause, with_type=True)}; {kept}. "
             f"Free space or fix the storage, then rerun the same command to resume")
 
     def restore(self, step: int, abstract: TrainState, data_iterator: Any) -> TrainState:
@@ -151,11 +152,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _sync_hosts(name: str) -> None:

@@ -31,6 +31,7 @@ from vlalign_jax.parallel.mesh import make_mesh
 from vlalign_jax.parallel.rules import BATCH_AXES, LOGICAL_AXIS_RULES, batch_sharding, replicated
 from vlalign_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from vlalign_jax.train.config import save_config
+from vlalign_jax.train.config_checks import INT32_MAX
 from vlalign_jax.train.export import save_model_config
 from vlalign_jax.train.initial_weights import check_against, place, read_initial_params
 from vlalign_jax.train.initialization import abstract_state, create_state, state_shardings
@@ -104,9 +105,9 @@ def setup_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
         # Epochs over the training source fix the step count (and so the schedule's length).
         records = len(method.train_data()[0])
         tc.steps = int(tc.epochs * (records // tc.batch_size))
-        if not 1 <= tc.steps < 2 ** 31:
+        if not 1 <= tc.steps <= INT32_MAX:  # the step counter is int32 on device
             raise ValueError(f"train.epochs={tc.epochs} over {records} training records in batches of "
-                             f"{tc.batch_size} makes {tc.steps} steps; the step count must be 1 to 2**31 - 1")
+                             f"{tc.batch_size} makes {tc.steps} steps; the step count must be 1 to {INT32_MAX}")
         log.info("train.epochs=%s: %d steps", tc.epochs, tc.steps)
     ema = bool(tc.get("ema_decay", 0.0))
     # The optimizer's parameter groups need only the tree's paths and shapes.

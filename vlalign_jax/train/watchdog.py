@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from vlalign_jax.messages import first_line
+
 log = logging.getLogger(__name__)
 
 HUNG_EXIT_STATUS = 69
@@ -36,8 +38,7 @@ class PeerFailedError(RuntimeError):
     """A cross-process collective failed during training: another process died or dropped out."""
 
     def __init__(self, step: int, cause: BaseException):
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        super().__init__(f"a cross-process collective failed at step {step} ({first_line}): another process "
+        super().__init__(f"a cross-process collective failed at step {step} ({first_line(cause)}): another process "
                          f"has most likely died. Committed checkpoints are intact; rerun the same command on "
                          f"all processes to resume")
         self.step = step

@@ -51,6 +51,7 @@ import numpy as np
 from vlalign_jax.data.atomic_files import write_jsonl_atomic
 from vlalign_jax.data.records import RecordError
 from vlalign_jax.data.sources.json_records import json_error, read_rgb_image
+from vlalign_jax.messages import first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +121,9 @@ def load_split_entries(path: str | Path, allow_pickle: bool = False) -> list[Any
     try:
         entries = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ("" if allow_pickle else "; if it holds numpy arrays or other objects and you trust it, "
                 "pass allow_pickle=True (--allow-pickle), which runs the pickle's code")
-        raise ValueError(f"{path}: not a readable split file: {first_line}{hint}") from e
+        raise ValueError(f"{path}: not a readable split file: {first_line(e)}{hint}") from e
     if not isinstance(entries, (list, tuple)):
         raise ValueError(f"{path}: expected a list of split entries, found {type(entries).__name__}")
     return list(entries)
