@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import functools
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +28,7 @@ from flax import traverse_util
 
 from vlalign_jax.converters import clip_openai
 from vlalign_jax.converters.table import (FUSED_QKV_BIAS, FUSED_QKV_WEIGHT, LINEAR, CheckpointMismatchError, Rule,
-                                          check_arrays, expand, from_theirs, rule, to_theirs)
+                                          check_arrays, expand, flat_shapes, from_theirs, rule, to_theirs)
 from vlalign_jax.converters.torch_io import (CheckpointFormatError, atomic_path, numpy_to_tensor, require_torch,
                                              tensor_to_numpy)
 from vlalign_jax.models.clip_configs import CLIP_CONFIGS
@@ -90,13 +89,8 @@ def layer_counts(config: GroundingConfig) -> dict[str, int]:
 
 
 def param_shapes(config: GroundingConfig) -> dict[str, tuple[int, ...]]:
-    """Our flat parameter paths -> shapes for `config`."""
-    return dict(_param_shapes(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _param_shapes(config: GroundingConfig) -> dict[str, tuple[int, ...]]:  # tracing init takes a second
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params(config), sep="/").items()}
+    """Our flat `{path: shape}` for `config` (cached: `table.flat_shapes`)."""
+    return flat_shapes(abstract_params, config)
 
 
 def alias_of(key: str) -> str | None:

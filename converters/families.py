@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import json
 import logging
@@ -27,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from vlalign_jax.converters import clip_hf, clip_openai
-from vlalign_jax.converters.table import check_arrays, expand, from_theirs, to_theirs
+from vlalign_jax.converters.table import check_arrays, expand, flat_shapes, from_theirs, to_theirs
 from vlalign_jax.converters.torch_io import (CheckpointFormatError, TORCH_SUFFIXES, atomic_dir, is_torchscript,
                                              load_safetensors, load_torch_object, read_json, save_state_dict,
                                              tensors_to_numpy)
@@ -58,14 +57,8 @@ class Checkpoint:
 
 
 def param_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
-    """Flat parameter shapes of a CLIP config (traced once per config, then cached: tracing takes 0.2 s)."""
-    return dict(_param_shapes(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: ClipConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return tuple((k, tuple(v.shape)) for k, v in flat.items())
+    """Our flat `{path: shape}` for `config` (cached: `table.flat_shapes`)."""
+    return flat_shapes(abstract_params, config)
 
 
 def detect_family(path: Path) -> str:

@@ -21,19 +21,19 @@ read carries is written back unchanged; otherwise `DEFAULT_AUTO_MAP` (GitHub fil
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
+
 from vlalign_jax.converters import clip_hf, siglip2_hf
 from vlalign_jax.converters.table import (
     LINEAR,
     Rule,
     expand,
+    flat_shapes,
     from_theirs,
     rule,
     to_theirs,
@@ -92,14 +92,8 @@ def layer_counts(config: Fgclip2Config) -> dict[str, int]:
 
 
 def param_shapes(config: Fgclip2Config) -> dict[str, tuple[int, ...]]:
-    """Our flat `{path: shape}` for `config` (traced once per config, then cached)."""
-    return dict(_param_shapes(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: Fgclip2Config) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return tuple((k, tuple(v.shape)) for k, v in flat.items())
+    """Our flat `{path: shape}` for `config` (cached: `table.flat_shapes`)."""
+    return flat_shapes(abstract_params, config)
 
 
 # ---- config.json ----------------------------------------------------------------------------------

@@ -19,16 +19,14 @@ hard-codes 248-row long tables with keep_len 20; reading does the same, writing 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from flax import traverse_util
 
 from vlalign_jax.converters import clip_hf
-from vlalign_jax.converters.table import LINEAR, Rule, expand, from_theirs, rule, to_theirs
+from vlalign_jax.converters.table import LINEAR, Rule, expand, flat_shapes, from_theirs, rule, to_theirs
 from vlalign_jax.converters.torch_io import (CheckpointFormatError, atomic_dir, hf_weight_keys, read_json,
                                              save_state_dict)
 from vlalign_jax.models.fgclip import EOS_TOKEN_ID, KEEP_LEN, FgClipConfig, abstract_params
@@ -61,14 +59,8 @@ def layer_counts(config: FgClipConfig) -> dict[str, int]:
 
 
 def param_shapes(config: FgClipConfig) -> dict[str, tuple[int, ...]]:
-    """Our flat `{path: shape}` for `config` (traced once per config, then cached)."""
-    return dict(_param_shapes(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: FgClipConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return tuple((k, tuple(v.shape)) for k, v in flat.items())
+    """Our flat `{path: shape}` for `config` (cached: `table.flat_shapes`)."""
+    return flat_shapes(abstract_params, config)
 
 
 def config_from_json(cfg: Mapping[str, Any], source: str) -> FgClipConfig:

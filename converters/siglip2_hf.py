@@ -9,18 +9,16 @@ Only the MAP head's `torch.nn.MultiheadAttention` is not a plain rename: its pac
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flax import traverse_util
 
 from vlalign_jax.converters import clip_hf
 from vlalign_jax.converters.table import (FUSED_QKV_BIAS, FUSED_QKV_WEIGHT, LINEAR, Rule, Transform, expand,
-                                          from_theirs, rule, to_theirs)
+                                          flat_shapes, from_theirs, rule, to_theirs)
 from vlalign_jax.converters.torch_io import (CheckpointFormatError, atomic_dir, load_safetensors,
                                              load_torch_object, read_json, save_state_dict, tensors_to_numpy)
 from vlalign_jax.models.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig, abstract_params
@@ -97,14 +95,8 @@ def layer_counts(config: SiglipConfig) -> dict[str, int]:
 
 
 def param_shapes(config: SiglipConfig) -> dict[str, tuple[int, ...]]:
-    """Our flat `{path: shape}` for `config` (traced once per config, then cached)."""
-    return dict(_param_shapes(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: SiglipConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    return tuple((k, tuple(v.shape)) for k, v in flat.items())
+    """Our flat `{path: shape}` for `config` (cached: `table.flat_shapes`)."""
+    return flat_shapes(abstract_params, config)
 
 
 def config_from_json(cfg: Mapping[str, Any], source: str) -> SiglipConfig:
